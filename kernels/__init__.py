@@ -1,0 +1,33 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Triton kernels of the Helix backend (GPU path) and their torch references, as `vllm_helix.kernels`.
+
+Submodules (one op each): `partial_attention` (paged partial decode attention, split-KV, O + LSE),
+`combine` (the Helix LSE combine), `mla_partial_attention` (absorbed-MLA decode), and `dispatch`
+(Triton on CUDA, torch on CPU).
+Importing this package does not import Triton; the submodules load on first attribute access.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+
+__all__ = ["triton_available"]  # submodules load lazily through __getattr__
+
+_SUBMODULES = ("partial_attention", "combine", "mla_partial_attention", "dispatch")
+
+
+@functools.cache
+def triton_available() -> bool:
+    """Whether `import triton` succeeds (cached; does not check for a GPU)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

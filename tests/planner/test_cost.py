@@ -1,0 +1,98 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Invariants of the planner's latency/memory model (pure Python, no vLLM/torch)."""
+
+import dataclasses
+
+import pytest
+
+from vllm_helix.planner.cost import PRECISIONS, Grid, estimate
+from vllm_helix.planner.hardware import get_hardware
+from vllm_helix.planner.models import BUILTIN
+
+HW = get_hardware("gb200-nvl72")
+FP4 = PRECISIONS["fp4"]
+LLAMA, DSR1, SMOL = BUILTIN["llama-405b"], BUILTIN["deepseek-r1"], BUILTIN["smollm2-135m"]
+S = 1 << 20
+
+
+def helix(n=64, b=8, kvp=8, tpa=8, ep=1, hop_b=True):
+    return Grid("helix", n, b, kvp=kvp, tpa=tpa, ep=ep, hop_b=hop_b)
+
+
+@pytest.mark.parametrize("model,grid", [
+    (LLAMA, helix()), (LLAMA, Grid("tp", 64, 8, tpa=64)), (LLAMA, Grid("medha", 64, 8, kvp=8, tpa=8)),
+    (DSR1, helix(kvp=64, tpa=1, ep=8)), (DSR1, Grid("ep", 64, 64, ep=64)),
+    (DSR1, Grid("tp_pp", 64, 8, tpa=8, pp=8)),
+])
+def test_monotone_in_context_and_batch(model, grid):
+    base = estimate(model, HW, FP4, S, grid).ttl_s
+    assert estimate(model, HW, FP4, 2 * S, grid).ttl_s > base
+    assert estimate(model, HW, FP4, S, dataclasses.replace(grid, batch=grid.batch * 2)).ttl_s > base
+    mem = estimate(model, HW, FP4, S, grid).mem["kv"]
+    assert estimate(model, HW, FP4, 2 * S, grid).mem["kv"] == pytest.approx(2 * mem, rel=1e-6)
+
+
+def test_kvp_halves_kv_reads():
+    # KV bytes are read in the attention core; doubling KVP at fixed TPA and batch halves them.
+    one = estimate(LLAMA, HW, FP4, S, helix(n=32, b=64, kvp=4, tpa=8))
+    two = estimate(LLAMA, HW, FP4, S, helix(n=64, b=64, kvp=8, tpa=8))
+    assert two.parts["attention"] == pytest.approx(one.parts["attention"] / 2, rel=1e-3)
+    assert two.mem["kv"] == pytest.approx(one.mem["kv"] / 2, rel=1e-3)
+
+
+def test_paper_appendix_kv_formula():
+    # App. A: KV read = B·2·⌈K/TPA⌉·Hsz·(S/KVP)·bytes / MemBW, per layer.
+    g = helix(b=8, kvp=8, tpa=8)
+    e = estimate(LLAMA, HW, FP4, S, g)
+    per_layer = 8 * 2 * 1 * 128 * (S / 8) * 0.5 / (HW.mem_bw * HW.mem_eff)
+    assert e.parts["attention"] == pytest.approx(LLAMA.n_layers * per_layer, rel=1e-9)
+
+
+def test_tpa_above_kv_heads_rejected():
+    with pytest.raises(ValueError, match="TPA <= K"):
+        estimate(LLAMA, HW, FP4, S, helix(n=64, kvp=4, tpa=16))
+    with pytest.raises(ValueError, match="TPA <= K"):
+        estimate(DSR1, HW, FP4, S, helix(n=64, kvp=32, tpa=2))  # MLA: one latent KV head
+    with pytest.raises(ValueError, match="KVP·TPA"):
+        estimate(LLAMA, HW, FP4, S, helix(n=64, kvp=4, tpa=8))
+    with pytest.raises(ValueError, match="query heads"):
+        estimate(SMOL, get_hardware("cpu"), PRECISIONS["bf16"], 4096, helix(n=2, kvp=2, tpa=1))
+
+
+def test_memory_limit_respected_by_sweep():
+    from vllm_helix.planner.search import sweep
+
+    pts = sweep(LLAMA, HW, FP4, S, ("helix", "tp"), [8, 64])
+    assert pts and all(sum(e.mem.values()) <= HW.hbm_bytes for e in pts)
+    # Llama-405B FP4 (~200 GB of weights) cannot fit one 186 GB GPU.
+    assert not estimate(LLAMA, HW, FP4, S, Grid("tp", 1, 1, tpa=1)).feasible
+    # The biggest feasible Helix batch on 64 GPUs stops where the KV cache fills HBM.
+    helix64 = [e for e in pts if e.grid.strategy == "helix" and e.grid.n_gpus == 64]
+    top = max(helix64, key=lambda e: e.grid.batch)
+    bigger = estimate(LLAMA, HW, FP4, S, dataclasses.replace(top.grid, batch=top.grid.batch * 2))
+    assert not bigger.feasible
+
+
+def test_hop_b_never_slower_and_helps_when_exchange_is_large():
+    for g in (helix(b=1), helix(b=64)):
+        on = estimate(DSR1, HW, FP4, S, dataclasses.replace(g, kvp=64, tpa=1))
+        off = estimate(DSR1, HW, FP4, S, dataclasses.replace(g, kvp=64, tpa=1, hop_b=False))
+        assert on.ttl_s <= off.ttl_s
+    on = estimate(DSR1, HW, FP4, S, helix(b=128, kvp=64, tpa=1))
+    off = estimate(DSR1, HW, FP4, S, helix(b=128, kvp=64, tpa=1, hop_b=False))
+    assert on.ttl_s < off.ttl_s
+
+
+def test_tp_duplicates_kv_beyond_kv_heads():
+    # TP=64 on K=8 holds one KV head per GPU (8x duplication); Helix KVP=8 x TPA=8 holds 1/8 of the sequence.
+    tp = estimate(LLAMA, HW, FP4, S, Grid("tp", 64, 1, tpa=64))
+    hx = estimate(LLAMA, HW, FP4, S, helix(b=1))
+    assert tp.mem["kv"] == pytest.approx(8 * hx.mem["kv"], rel=1e-6)
+
+
+def test_model_shapes():
+    assert LLAMA.ffn == 53248
+    assert 395e9 < LLAMA.total_params() < 410e9
+    assert 660e9 < DSR1.total_params() < 690e9
+    assert DSR1.kv_elems(1) == 576
+    assert 130e6 < SMOL.total_params() < 140e6

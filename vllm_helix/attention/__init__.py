@@ -1,0 +1,1 @@
+"""The Helix attention backend for vLLM's v1 attention interface."""

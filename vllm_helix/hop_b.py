@@ -1,0 +1,63 @@
+# SPDX-License-Identifier: Apache-2.0
+"""HOP-B: overlap the Helix all-to-all of one batch slice with the attention of the next.
+
+Without overlap a step costs Σ_s attention_s + Σ_s exchange_s. With the batch cut into slices s = 1..S, the
+exchange of slice s is launched asynchronously (`async_op=True` on gloo; NCCL on its own stream on CUDA) and runs
+while slice s+1 computes, so the step costs ≈ Σ_s attention_s + exchange_S when every exchange is shorter than the
+next slice's attention. Results are identical: slicing only changes which tokens travel together.
+
+Slices are contiguous runs of *requests*; decode requests are split into `num_slices` groups and any prefill
+requests travel as one further slice (they are few and long). Auto mode slices only when KVP > 1 and the batch
+holds at least two decode requests.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from vllm_helix.config import HelixConfig
+from vllm_helix.exchange import finish_exchange, start_exchange
+from vllm_helix.partial_attention import paged_partial_attention
+
+AUTO_MAX_SLICES = 4
+
+
+def plan_slices(num_reqs: int, num_decode_reqs: int, kvp: int, config: HelixConfig) -> list[tuple[int, int]]:
+    """Request ranges [(r0, r1), ...] covering 0..num_reqs, in order (pure)."""
+    if config.hop_b is False or kvp == 1 or num_reqs <= 1:
+        return [(0, num_reqs)]
+    wanted = config.hop_b_slices or min(AUTO_MAX_SLICES, num_decode_reqs)
+    decode_slices = max(1, min(wanted, num_decode_reqs))
+    bounds = [round(i * num_decode_reqs / decode_slices) for i in range(decode_slices + 1)]
+    ranges = [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+    if num_decode_reqs < num_reqs:
+        ranges.append((num_decode_reqs, num_reqs))
+    return ranges or [(0, num_reqs)]
+
+
+def _partial(query, key_cache, value_cache, md, r0: int, r1: int, scale: float, rt):
+    qsl = md.query_start_loc
+    t0, t1 = int(qsl[r0]), int(qsl[r1])
+    return paged_partial_attention(
+        query[t0:t1], key_cache, value_cache, md.block_table[r0:r1], md.local_seq_lens[r0:r1],
+        qsl[r0:r1 + 1] - t0, scale, md.query_positions[t0:t1], rt.kvp_rank, rt.grid.kvp, rt.interleave)
+
+
+def attend_and_exchange(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, md, scale: float,
+                        rt) -> torch.Tensor:
+    """query (tokens, H/TPA, D), caches (blocks, block_size, kv_heads, D) → exact (tokens, H/N, D)."""
+    kvp = rt.grid.kvp
+    slices = plan_slices(md.num_reqs, md.num_decode_tokens, kvp, rt.config)
+    pending, exchange_seconds = [], 0.0
+    for r0, r1 in slices:
+        out, lse = _partial(query, key_cache, value_cache, md, r0, r1, scale, rt)  # (t, H/TPA, D), (t, H/TPA)
+        launched = time.perf_counter()
+        pending.append(start_exchange(out, lse, rt.kvp_group, kvp, async_op=len(slices) > 1))
+        exchange_seconds += time.perf_counter() - launched
+    waited = time.perf_counter()
+    results = [finish_exchange(recv, work, query.shape[-1], query.dtype) for recv, work in pending]
+    rt.stats.exchange_seconds += exchange_seconds + time.perf_counter() - waited  # exposed exchange time
+    rt.stats.exchanges += len(slices)
+    return results[0] if len(results) == 1 else torch.cat(results)

@@ -1,0 +1,12 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Helix planner and simulator: pure-Python latency/memory model, grid search and Pareto frontiers.
+
+No vLLM or torch import; matplotlib only for ``plot``. Entry points: ``cli.plan_main``, ``cli.simulate_main``.
+"""
+
+from .cost import PRECISIONS, Estimate, Grid, Precision, estimate
+from .hardware import PROFILES, Hardware, get_hardware
+from .models import BUILTIN, ModelSpec, load_model
+
+__all__ = ["BUILTIN", "PRECISIONS", "PROFILES", "Estimate", "Grid", "Hardware", "ModelSpec", "Precision",
+           "estimate", "get_hardware", "load_model"]

@@ -1,0 +1,107 @@
+# SPDX-License-Identifier: Apache-2.0
+"""`vllm_helix.Worker`: the platform's own vLLM 0.32 worker (CPUWorker on CPU, the GPU Worker on CUDA) plus Helix.
+
+Overrides two hooks and adds two RPC methods:
+- `__init__`: reads and validates the Helix config, sets block-granular round-robin placement
+  (`cp_kv_cache_interleave_size = block_size` unless the user chose another), installs the Helix attention backend,
+  the model re-sharding and (on CPU) the context-parallel slot mapping — all in this worker process only.
+- `init_device`: after vLLM's groups exist, reuses the DCP group (consecutive ranks) as the KVP group and builds the
+  TPA groups (equal kvp index) with `init_model_parallel_group`.
+- `helix_status()` / `helix_reset_stats()`: per-rank grid position, KV use and exchange time, for
+  `collective_rpc` (tests, `/helix/status`, metrics).
+"""
+
+from __future__ import annotations
+
+from vllm.logger import init_logger
+from vllm.platforms import current_platform
+
+from vllm_helix.config import HelixConfig
+from vllm_helix.grid import HelixGrid
+from vllm_helix.runtime import HelixRuntime, get_runtime, set_runtime
+
+if current_platform.is_cpu():
+    from vllm.v1.worker.cpu_worker import CPUWorker as _PlatformWorker
+else:
+    from vllm.v1.worker.gpu_worker import Worker as _PlatformWorker
+
+logger = init_logger(__name__)
+
+BACKEND_PATH = "vllm_helix.attention.backend.HelixAttentionBackend"
+
+
+def _install_backend(vllm_config) -> None:
+    """Point this process's attention selection at the Helix backend."""
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
+
+    if current_platform.is_cpu():
+        register_backend(AttentionBackendEnum.CPU_ATTN, BACKEND_PATH)  # CPU ignores --attention-backend
+    else:
+        register_backend(AttentionBackendEnum.CUSTOM, BACKEND_PATH)
+        vllm_config.attention_config.backend = AttentionBackendEnum.CUSTOM
+    from vllm.v1.attention import selector
+
+    cached = getattr(selector, "_cached_get_attn_backend", None)
+    if cached is not None and hasattr(cached, "cache_clear"):
+        cached.cache_clear()
+
+
+def _install_slot_mapping() -> None:
+    """vLLM's CPU slot-mapping fallback refuses context parallelism; replace it in this process."""
+    if not current_platform.is_cpu():
+        return
+    from vllm.triton_utils.dispatcher import register_kernels
+
+    from vllm_helix.slot_mapping import compute_slot_mapping
+
+    register_kernels({"vllm.v1.worker.block_table.ComputeSlotMappingKernel.kernel": compute_slot_mapping})
+
+
+class Worker(_PlatformWorker):
+    def __init__(self, vllm_config, local_rank: int, rank: int, distributed_init_method: str,
+                 is_driver_worker: bool = False) -> None:
+        super().__init__(vllm_config, local_rank, rank, distributed_init_method, is_driver_worker)
+        pc, cc, mc = vllm_config.parallel_config, vllm_config.cache_config, vllm_config.model_config
+        grid = HelixGrid(pc.tensor_parallel_size, pc.decode_context_parallel_size,
+                         mc.model_arch_config.total_num_attention_heads, mc.get_total_num_kv_heads(), cc.block_size)
+        if grid.kvp > 1 and pc.cp_kv_cache_interleave_size == 1:
+            pc.cp_kv_cache_interleave_size = cc.block_size  # Helix: round-robin by paged block
+        config = HelixConfig.from_additional_config(vllm_config.additional_config)
+        set_runtime(HelixRuntime(grid=grid, rank=rank, config=config, interleave=pc.cp_kv_cache_interleave_size))
+        _install_backend(vllm_config)
+        _install_slot_mapping()
+        from vllm_helix.model_surgery import register_helix_models
+
+        register_helix_models(list(mc.architectures or []))
+        if rank == 0:
+            logger.info("Helix active: N=%d = KVP %d x TPA %d, block %d, interleave %d, %s", grid.world_size,
+                        grid.kvp, grid.tpa, cc.block_size, pc.cp_kv_cache_interleave_size, config)
+
+    def init_device(self) -> None:
+        super().init_device()
+        from vllm.distributed import parallel_state as ps
+
+        rt = get_runtime()
+        dcp = ps.get_dcp_group()
+        expected = rt.grid.kvp_group(rt.tpa_rank)
+        if list(dcp.ranks) != expected:
+            raise RuntimeError(f"vLLM's DCP group {dcp.ranks} is not the Helix KVP group {expected}")
+        rt.kvp_group = dcp.device_group
+        rt.tpa_coordinator = ps.init_model_parallel_group(
+            rt.grid.tpa_groups(), self.local_rank, current_platform.dist_backend,
+            use_device_communicator=False, group_name="helix_tpa")
+
+    def helix_status(self) -> dict:
+        """This rank's grid position, KV use and exchange statistics (for collective_rpc)."""
+        rt = get_runtime()
+        t, k = rt.grid.coords(rt.rank)
+        slots = int(rt.slots_used.sum()) if rt.slots_used is not None else 0
+        blocks = int(rt.slots_used.view(-1, rt.block_size).any(dim=1).sum()) if rt.slots_used is not None else 0
+        return {"rank": rt.rank, "tpa_index": t, "kvp_index": k, "kv_tokens": slots, "kv_blocks": blocks,
+                "block_size": rt.block_size, "exchange_seconds": rt.stats.exchange_seconds,
+                "exchanges": rt.stats.exchanges, "attention_seconds": rt.stats.attention_seconds,
+                "weight_bytes": sum(p.numel() * p.element_size() for p in self.model_runner.model.parameters())}
+
+    def helix_reset_stats(self) -> None:
+        rt = get_runtime()
+        rt.reset_stats()
