@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_kernels_gpu.py needs a CUDA device; none found (torch.cuda.is_available() is False). "
-              "The kernels' CPU verification (Triton interpreter) is `pytest tests/kernels`.", file=sys.stderr)
+              "The kernels' CPU verification (Triton interpreter) is `pytest tests/kernels`.",
+              file=sys.stderr)
         return 2
     print(json.dumps(bench(args)))
     return 0

@@ -49,8 +49,10 @@ class HelixRuntime:
 
     def reset_stats(self) -> None:
         self.stats = HelixStats()
-        if self.slots_used is not None:
-            self.slots_used.zero_()
+        if self.slots_used is not None:  # a fresh tensor: the old one may be an inference-mode tensor
+            import torch
+
+            self.slots_used = torch.zeros(self.slots_used.numel(), dtype=torch.bool)
 
     @property
     def kvp_rank(self) -> int:

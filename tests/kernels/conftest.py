@@ -11,7 +11,9 @@ import pytest
 import torch
 
 # Must precede the first `import triton`: triton.jit (also that of tl.sum, tl.max, ... in triton.language)
-# reads it when a function is defined, and interpreted kernels cannot call GPU-compiled helpers.
+# reads it when a function is defined, and interpreted kernels cannot call GPU-compiled helpers. It is set for
+# the collection (when the kernel modules are imported) and then per kernel test, see the hooks below.
+_PREVIOUS_INTERPRET = os.environ.get("TRITON_INTERPRET")
 os.environ["TRITON_INTERPRET"] = "1"
 
 
@@ -65,3 +67,17 @@ def assert_close():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _interpret(monkeypatch):
+    """The launchers run CPU tensors only when TRITON_INTERPRET is set."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+def pytest_collection_finish(session):
+    """The kernels are defined by now: give other tests (and the vLLM processes they start) their environment."""
+    if _PREVIOUS_INTERPRET is None:
+        os.environ.pop("TRITON_INTERPRET", None)
+    else:
+        os.environ["TRITON_INTERPRET"] = _PREVIOUS_INTERPRET

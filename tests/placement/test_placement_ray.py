@@ -69,6 +69,9 @@ def connected(cluster):
     for pg_id, info in ray.util.placement_group_table().items():  # leave the cluster empty for the next test
         if info["state"] != "REMOVED":
             ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(pg_id)))
+    deadline = time.monotonic() + 20  # removal is asynchronous: wait until every GPU is free again
+    while ray.available_resources().get("GPU", 0) < RACKS * TRAYS * GPUS and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def _domains() -> dict[str, str]:
@@ -184,6 +187,7 @@ def test_label_selector_fallback_and_unpinned(topology, pin):
 
 def test_cli_dry_run_launch_and_errors(cluster, capsys, monkeypatch):
     addr = cluster.address
+    ray.shutdown()  # the CLI is its own Ray driver
     assert serve_ray_main(["--address", addr, "-tp", "4", "-dcp", "2", "--dry-run"]) == 0
     assert "rank | tpa | kvp | bundle" in capsys.readouterr().out
 
@@ -197,10 +201,10 @@ def test_cli_dry_run_launch_and_errors(cluster, capsys, monkeypatch):
         assert argv[argv.index("--decode-context-parallel-size") + 1] == "2"
         assert argv[argv.index("--host") + 1] == "127.0.0.1"
         assert ray.util.get_current_placement_group() is not None
-        return 0
+        return 5
 
     monkeypatch.setattr(ray_adapter, "_vllm_cli_main", probe)
-    assert serve_ray_main(["--address", addr, "-tp", "4", "-dcp", "2", "--", "/m", "--port", "8001"]) == 0
+    assert serve_ray_main(["--address", addr, "-tp", "4", "-dcp", "2", "--", "/m", "--port", "8001"]) == 5
     assert not ray.is_initialized()  # the CLI disconnects; its group went with it
 
     assert serve_ray_main(["--address", addr, "-tp", "16", "-dcp", "4", "/m"]) == 1

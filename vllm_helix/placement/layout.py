@@ -201,7 +201,7 @@ def plan_bundles(
         candidates = sorted(by_domain, key=lambda d: (sum(n.free_gpus for n in by_domain[d]), d))
     fits = [d for d in candidates if sum(n.free_gpus for n in by_domain[d]) >= world_size]
     if not fits:
-        unlabelled = sum(1 for n in nodes if n.domain is None)
+        unlabelled = sum(1 for dom in by_domain.values() for n in dom if n.domain is None)
         label_hint = (
             f" {unlabelled} node(s) carry no {DOMAIN_LABEL} label and count as one domain each: "
             "start trays with deploy/ray-start-tray.sh."

@@ -74,7 +74,8 @@ def cluster_view(device_key: str = "GPU") -> list[NodeView]:
         if not n.get("Alive"):
             continue
         total = int(n.get("Resources", {}).get(device_key, 0))
-        free = int(avail.get(n["NodeID"], {}).get(device_key, total)) if avail else total
+        # a fully used resource is absent from the node's available map: 0, not "unknown"
+        free = int(avail[n["NodeID"]].get(device_key, 0)) if n["NodeID"] in avail else total
         labels = n.get("Labels") or {}
         view.append(NodeView(n["NodeID"], free, labels.get(DOMAIN_LABEL), n["NodeManagerAddress"], total))
     return view

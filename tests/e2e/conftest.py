@@ -1,0 +1,63 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Fixtures for end-to-end tests: tiny checkpoints, the embedded model, and cached stock-vLLM reference outputs."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from tests.e2e.engine import run_engine
+from tests.e2e.tiny_models import make_tiny_llama
+
+NEW_TOKENS = 64
+BLOCK = 32
+
+
+def prompt_ids(seed: int, lengths: list[int], vocab: int = 500) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(1, vocab) for _ in range(n)] for n in lengths]
+
+
+# lengths not block multiples, a batch of different lengths, one prompt spanning many blocks
+PROMPT_LENGTHS = [5, 33, 70, 100, 419]
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    return {
+        "mqa": make_tiny_llama(root / "mqa", heads=8, kv_heads=1, seed=1),
+        "gqa2": make_tiny_llama(root / "gqa2", heads=8, kv_heads=2, seed=2),
+        "gqa4": make_tiny_llama(root / "gqa4", heads=8, kv_heads=4, seed=3),
+        "qwen3": make_tiny_llama(root / "qwen3", heads=8, kv_heads=2, seed=4, arch="qwen3"),
+    }
+
+
+def llm_args(model, tp=1, dcp=1, helix=False, block_size=BLOCK, additional_config=None, **extra) -> dict:
+    args = dict(model=str(model), tensor_parallel_size=tp, decode_context_parallel_size=dcp, dtype="float32",
+                enforce_eager=True, block_size=block_size, max_model_len=2048, max_num_seqs=8, seed=0, **extra)
+    if helix:
+        args["worker_cls"] = "vllm_helix.Worker"
+    if additional_config is not None:
+        args["additional_config"] = additional_config
+    if "tokenizer" not in extra:
+        args.setdefault("skip_tokenizer_init", True)
+    return args
+
+
+_STOCK_CACHE: dict = {}
+
+
+@pytest.fixture(scope="session")
+def stock_tokens():
+    """Greedy tokens of stock vLLM TP=1 for (model, prompts), computed once per session."""
+
+    def get(model, prompts, max_tokens=NEW_TOKENS, **extra):
+        key = (str(model), repr(prompts), max_tokens, repr(sorted(extra.items())))
+        if key not in _STOCK_CACHE:
+            _STOCK_CACHE[key] = run_engine({"llm": llm_args(model, **extra), "prompts": prompts,
+                                            "max_tokens": max_tokens})["tokens"]
+        return _STOCK_CACHE[key]
+
+    return get

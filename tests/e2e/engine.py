@@ -1,0 +1,66 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Run a real vLLM engine in a child process (own process group, hard timeout, cleanup by PID).
+
+`run_engine(spec)` starts `python -m tests.e2e.engine` with a JSON spec, which builds `LLM(**spec["llm"])`, generates
+greedily for `spec["prompts"]` (token-id lists or strings), optionally collects `helix_status` from every worker, and
+prints one JSON line prefixed with RESULT. Keeping each engine in its own process keeps the test process clean and
+lets a stuck engine be killed as a whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_engine(spec: dict, timeout: float = 420.0) -> dict:
+    from vllm_helix.cpu_setup import cpu_env
+
+    ranks = spec["llm"].get("tensor_parallel_size", 1)
+    env = {**os.environ, **cpu_env(ranks), "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "tests.e2e.engine", json.dumps(spec)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        raise AssertionError(f"engine timed out after {timeout}s:\n{out[-4000:]}") from None
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    for line in reversed(out.splitlines()):
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    raise AssertionError(f"engine failed (exit {proc.returncode}):\n{out[-6000:]}")
+
+
+def _main(spec: dict) -> None:
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(**spec["llm"])
+    prompts = [{"prompt_token_ids": p} if isinstance(p, list) else p for p in spec["prompts"]]
+    params = SamplingParams(temperature=0, max_tokens=spec.get("max_tokens", 64), ignore_eos=True)
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    result = {"tokens": [list(o.outputs[0].token_ids) for o in outputs],
+              "texts": [o.outputs[0].text for o in outputs]}
+    if spec.get("status"):
+        result["status"] = llm.collective_rpc("helix_status")
+    for extra in spec.get("after", []):  # follow-up single prompts, each run alone (used for isolation checks)
+        llm.collective_rpc("helix_reset_stats")
+        out = llm.generate([{"prompt_token_ids": extra} if isinstance(extra, list) else extra], params,
+                           use_tqdm=False)
+        result.setdefault("after", []).append({"tokens": list(out[0].outputs[0].token_ids),
+                                               "status": llm.collective_rpc("helix_status")})
+    print("RESULT " + json.dumps(result), flush=True)
+    del llm
+
+
+if __name__ == "__main__":
+    _main(json.loads(sys.argv[1]))

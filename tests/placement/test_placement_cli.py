@@ -1,0 +1,69 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The Ray shell without a cluster: placement-group arguments and the serve-ray command line."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("ray")
+
+from vllm_helix.placement.cli import _launcher_env, build_parser, serve_ray_main, vllm_argv  # noqa: E402
+from vllm_helix.placement.layout import NodeView, plan_bundles  # noqa: E402
+from vllm_helix.placement.ray_adapter import placement_group_args  # noqa: E402
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _plan(labelled: bool = True):
+    dom = "rack-0" if labelled else None
+    nodes = [NodeView("a", 4, dom, "10.0.0.1", 4), NodeView("b", 4, dom, "10.0.0.2", 4)]
+    return plan_bundles(nodes, 6 if labelled else 3, 3)
+
+
+def test_topology_strategy_with_pinned_trays():
+    bundles, kw = placement_group_args(_plan(), topology=True, cpus_per_bundle=2)
+    assert bundles == [{"GPU": 1.0, "CPU": 2.0}] * 6 + [{"CPU": 1.0}]
+    assert kw["topology_strategy"] == {"ray.io/gpu-domain": "STRICT_PACK", "ray.io/node-id": "PACK"}
+    assert "strategy" not in kw  # Ray rejects strategy= together with topology_strategy
+    assert [s["ray.io/node-id"] for s in kw["bundle_label_selector"]] == ["a"] * 3 + ["b"] * 3 + ["a"]
+
+
+def test_label_selector_fallback_keeps_the_domain():
+    bundles, kw = placement_group_args(_plan(), topology=False, launcher_cpus=0, pin=False)
+    assert len(bundles) == 6 and kw["strategy"] == "PACK" and "topology_strategy" not in kw
+    assert kw["bundle_label_selector"] == [{"ray.io/gpu-domain": "rack-0"}] * 6
+
+
+def test_unlabelled_node_is_pinned_without_topology():
+    _, kw = placement_group_args(_plan(labelled=False), topology=True, pin=False, device_key="vcpu")
+    assert kw["strategy"] == "PACK" and all(s == {"ray.io/node-id": "a"} for s in kw["bundle_label_selector"][:3])
+
+
+def test_vllm_argv_adds_grid_backend_and_loopback_host():
+    args, rest = build_parser().parse_known_args(
+        ["--address", "x:1", "-tp", "8", "-dcp", "2", "--", "/m", "--port", "9", "--worker-cls", "vllm_helix.Worker"]
+    )
+    argv = vllm_argv(args, rest)
+    assert argv[:6] == ["vllm", "serve", "/m", "--port", "9", "--worker-cls"]
+    assert argv[-8:] == ["--tensor-parallel-size", "8", "--decode-context-parallel-size", "2",
+                         "--distributed-executor-backend", "ray", "--host", "127.0.0.1"]  # fmt: skip
+
+
+def test_launcher_env_forwards_vllm_settings_but_not_host_specific(monkeypatch):
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    monkeypatch.setenv("VLLM_HOST_IP", "10.9.9.9")
+    monkeypatch.setenv("VLLM_RAY_BUNDLE_INDICES", "3,2,1,0")
+    env = _launcher_env(["NCCL_DEBUG=INFO"])
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "1" and env["NCCL_DEBUG"] == "INFO"
+    assert "VLLM_HOST_IP" not in env and "VLLM_RAY_BUNDLE_INDICES" not in env
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        _launcher_env(["oops"])
+
+
+def test_cli_refuses_bad_usage_before_touching_ray(capsys):
+    assert serve_ray_main(["-tp", "8", "-dcp", "2", "-pp", "2", "/m"]) == 2
+    assert "pipeline parallel" in capsys.readouterr().err
+    assert serve_ray_main(["-tp", "8", "-dcp", "2"]) == 2
+    assert "give the model" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        serve_ray_main(["-tp", "8", "--distributed-executor-backend", "mp", "/m"])
