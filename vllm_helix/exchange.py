@@ -51,12 +51,14 @@ def start_exchange(out: torch.Tensor, lse: torch.Tensor, group: dist.ProcessGrou
     return recv, (work if async_op else None)
 
 
-def finish_exchange(recv: torch.Tensor, work, dim: int, out_dtype: torch.dtype) -> torch.Tensor:
-    """Wait for the all-to-all and combine: → (tokens, H/N, D) in `out_dtype`."""
+def finish_exchange(recv: torch.Tensor, work, dim: int, out_dtype: torch.dtype,
+                    combine=combine_partials) -> torch.Tensor:
+    """Wait for the all-to-all and combine (`combine`: the torch reference or a kernel with its signature):
+    → (tokens, H/N, D) in `out_dtype`."""
     if work is not None:
         work.wait()
     partial_out, partial_lse = unpack_partials(recv, dim)
-    combined, _ = combine_partials(partial_out, partial_lse, out_dtype)
+    combined, _ = combine(partial_out, partial_lse, out_dtype)
     return combined
 
 

@@ -13,12 +13,14 @@ holds at least two decode requests.
 
 from __future__ import annotations
 
+import functools
 import time
 
 import torch
 
 from vllm_helix.config import HelixConfig
 from vllm_helix.exchange import finish_exchange, start_exchange
+from vllm_helix.kernels import dispatch
 from vllm_helix.partial_attention import paged_partial_attention
 
 AUTO_MAX_SLICES = 4
@@ -38,8 +40,13 @@ def plan_slices(num_reqs: int, num_decode_reqs: int, kvp: int, config: HelixConf
 
 
 def _partial(query, key_cache, value_cache, md, r0: int, r1: int, scale: float, rt):
+    """Partial attention for requests r0..r1: the Triton decode kernel on CUDA for decode-only slices, the torch
+    path otherwise (prefill tokens, and everything on CPU)."""
     qsl = md.query_start_loc
     t0, t1 = int(qsl[r0]), int(qsl[r1])
+    if r1 <= md.num_decode_tokens and dispatch.select_impl(query.device, rt.config.kernels) == "triton":
+        return dispatch.decode_attention(query[t0:t1], key_cache, value_cache, md.block_table[r0:r1],
+                                         md.local_seq_lens[r0:r1].to(query.device), scale, force="triton")
     return paged_partial_attention(
         query[t0:t1], key_cache, value_cache, md.block_table[r0:r1], md.local_seq_lens[r0:r1],
         qsl[r0:r1 + 1] - t0, scale, md.query_positions[t0:t1], rt.kvp_rank, rt.grid.kvp, rt.interleave)
@@ -57,7 +64,8 @@ def attend_and_exchange(query: torch.Tensor, key_cache: torch.Tensor, value_cach
         pending.append(start_exchange(out, lse, rt.kvp_group, kvp, async_op=len(slices) > 1))
         exchange_seconds += time.perf_counter() - launched
     waited = time.perf_counter()
-    results = [finish_exchange(recv, work, query.shape[-1], query.dtype) for recv, work in pending]
+    combine = functools.partial(dispatch.combine, force=rt.config.kernels)
+    results = [finish_exchange(recv, work, query.shape[-1], query.dtype, combine) for recv, work in pending]
     rt.stats.exchange_seconds += exchange_seconds + time.perf_counter() - waited  # exposed exchange time
     rt.stats.exchanges += len(slices)
     return results[0] if len(results) == 1 else torch.cat(results)

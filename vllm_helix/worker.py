@@ -97,7 +97,11 @@ class Worker(_PlatformWorker):
         t, k = rt.grid.coords(rt.rank)
         slots = int(rt.slots_used.sum()) if rt.slots_used is not None else 0
         blocks = int(rt.slots_used.view(-1, rt.block_size).any(dim=1).sum()) if rt.slots_used is not None else 0
-        return {"rank": rt.rank, "tpa_index": t, "kvp_index": k, "kv_tokens": slots, "kv_blocks": blocks,
+        grid = {"world_size": rt.grid.world_size, "kvp": rt.grid.kvp, "tpa": rt.grid.tpa,
+                "num_heads": rt.grid.num_heads, "num_kv_heads": rt.grid.num_kv_heads,
+                "block_size": rt.block_size or self.cache_config.block_size, "interleave": rt.interleave,
+                "hop_b": rt.config.hop_b, "kernels": rt.config.kernels, "rank_table": rt.grid.rank_table()}
+        return {"grid": grid, "rank": rt.rank, "tpa_index": t, "kvp_index": k, "kv_tokens": slots, "kv_blocks": blocks,
                 "block_size": rt.block_size, "exchange_seconds": rt.stats.exchange_seconds,
                 "exchanges": rt.stats.exchanges, "attention_seconds": rt.stats.attention_seconds,
                 "weight_bytes": sum(p.numel() * p.element_size() for p in self.model_runner.model.parameters())}

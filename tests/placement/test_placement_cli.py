@@ -34,6 +34,14 @@ def test_label_selector_fallback_keeps_the_domain():
     assert kw["bundle_label_selector"] == [{"ray.io/gpu-domain": "rack-0"}] * 6
 
 
+def test_launcher_label_stays_in_the_domain():
+    _, kw = placement_group_args(_plan(), topology=True, launcher_labels={"vllm-helix.io/role": "api"})
+    assert "topology_strategy" in kw and kw["bundle_label_selector"][-1] == {"vllm-helix.io/role": "api"}
+    _, kw = placement_group_args(_plan(), topology=False, launcher_labels={"vllm-helix.io/role": "api"})
+    assert kw["bundle_label_selector"][-1] == {"ray.io/gpu-domain": "rack-0", "vllm-helix.io/role": "api"}
+    assert kw["bundle_label_selector"][0] == {"ray.io/node-id": "a", "ray.io/gpu-domain": "rack-0"}
+
+
 def test_unlabelled_node_is_pinned_without_topology():
     _, kw = placement_group_args(_plan(labelled=False), topology=True, pin=False, device_key="vcpu")
     assert kw["strategy"] == "PACK" and all(s == {"ray.io/node-id": "a"} for s in kw["bundle_label_selector"][:3])
@@ -67,3 +75,36 @@ def test_cli_refuses_bad_usage_before_touching_ray(capsys):
     assert "give the model" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         serve_ray_main(["-tp", "8", "--distributed-executor-backend", "mp", "/m"])
+
+
+def _tray_script(tmp_path, *args, smi_lines=None, env=None):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    if smi_lines is not None:
+        smi = bin_dir / "nvidia-smi"
+        smi.write_text("#!/bin/sh\n" + "".join(f"echo '{line}'\n" for line in smi_lines))
+        smi.chmod(0o755)
+    script = Path(__file__).resolve().parents[2] / "deploy" / "ray-start-tray.sh"
+    full_env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "NODE_IP": "10.0.0.5"} | (env or {})
+    return subprocess.run(["bash", str(script), *args, "--dry-run"], env=full_env, capture_output=True,
+                          text=True, timeout=30)  # fmt: skip
+
+
+def test_tray_script_labels_the_clique_from_nvidia_smi(tmp_path):
+    r = _tray_script(tmp_path, "--address", "10.0.0.1:6379", smi_lines=["uuid-1, 7"] * 4)
+    assert r.returncode == 0, r.stderr
+    assert "--labels=ray.io/gpu-domain=uuid-1.7,ray.io/accelerator-type=GB200" in r.stderr
+    assert "--num-gpus=4" in r.stderr and "--node-manager-port=6380" in r.stderr
+
+
+def test_tray_script_head_dashboard_on_loopback_and_refuses_unknown_clique(tmp_path):
+    r = _tray_script(tmp_path, "--head", env={"NVIDIA_GPU_CLIQUE": "c.1"})
+    assert r.returncode == 0 and "--dashboard-host=127.0.0.1" in r.stderr and "gpu-domain=c.1" in r.stderr
+    r = _tray_script(tmp_path, "--address", "h:6379", smi_lines=["uuid-1, 7", "uuid-1, 8"])
+    assert r.returncode == 1 and "different NVLink cliques" in r.stderr
+    r = _tray_script(tmp_path, "--address", "h:6379", smi_lines=["N/A, N/A"] * 4)  # no NVLink fabric
+    assert r.returncode == 1 and "--domain NAME" in r.stderr

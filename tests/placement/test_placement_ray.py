@@ -171,6 +171,23 @@ def test_timeout_says_what_is_missing_and_does_not_hang():
     blocker.remove()
 
 
+def test_launcher_on_a_chosen_tray():
+    plan = plan_bundles(cluster_view(), 4, 4, domain="rack-0")
+    other = next(n for n, d in _domains().items() if d == "rack-0" and n not in plan.bundle_nodes)
+    placement = create_placement_group(plan, launcher_labels={"ray.io/node-id": other}, timeout_s=60)
+
+    def probe():
+        assert ray.get_runtime_context().get_node_id() == other
+        assert ray.util.get_current_placement_group().id == placement.pg.id
+        return 3
+
+    actor, done = launch_serve(placement, ["vllm"], main=probe)
+    try:
+        assert ray.get(done, timeout=120) == 3
+    finally:
+        ray.kill(actor)
+
+
 @pytest.mark.parametrize("topology,pin", [(False, True), (True, False)])
 def test_label_selector_fallback_and_unpinned(topology, pin):
     if topology and not ray_adapter.supports_topology_strategy():
@@ -207,5 +224,7 @@ def test_cli_dry_run_launch_and_errors(cluster, capsys, monkeypatch):
     assert serve_ray_main(["--address", addr, "-tp", "4", "-dcp", "2", "--", "/m", "--port", "8001"]) == 5
     assert not ray.is_initialized()  # the CLI disconnects; its group went with it
 
-    assert serve_ray_main(["--address", addr, "-tp", "16", "-dcp", "4", "/m"]) == 1
+    t = time.monotonic()
+    assert serve_ray_main(["--address", addr, "-tp", "16", "-dcp", "4", "--wait", "1", "/m"]) == 1
+    assert 1 <= time.monotonic() - t < 30
     assert "rack-1: 12 free of 12" in capsys.readouterr().err

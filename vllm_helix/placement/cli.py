@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 __all__ = ["build_parser", "serve_ray_main", "vllm_argv"]
 
@@ -40,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device-key", default="GPU", help="Ray resource per rank (GPU; a custom key on CPU)")
     p.add_argument("--cpus-per-bundle", type=float, default=0.0, help="CPUs reserved with each rank's GPU")
     p.add_argument("--launcher-cpus", type=float, default=1.0, help="CPUs for the vllm serve process")
+    p.add_argument("--launcher-label", action="append", default=[], metavar="KEY=VALUE",
+                   help="run vllm serve on the tray with this Ray label (default: rank 0's tray)")  # fmt: skip
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="wait this long for one domain to have N free GPUs (trays still joining)")  # fmt: skip
     p.add_argument("--no-pin-trays", dest="pin", action="store_false",
                    help="let Ray pick trays inside the domain (rank order then follows Ray's choice)")  # fmt: skip
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
@@ -60,15 +65,36 @@ def vllm_argv(args: argparse.Namespace, rest: list[str]) -> list[str]:
     ]  # fmt: skip
 
 
-def _launcher_env(extra: list[str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k.startswith(_FORWARD_PREFIXES) and k not in _HOST_SPECIFIC}
-    for item in extra:
+def _pairs(items: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SystemExit(f"--env expects KEY=VALUE, got {item!r}")
-        env[key] = value
+            raise SystemExit(f"{flag} expects KEY=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+def _launcher_env(extra: list[str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k.startswith(_FORWARD_PREFIXES) and k not in _HOST_SPECIFIC}
+    env |= _pairs(extra, "--env")
     env.pop("VLLM_RAY_BUNDLE_INDICES", None)  # ours, from the placement
     return env
+
+
+def _plan_when_ready(args: argparse.Namespace):
+    """Plan on the live cluster, retrying for up to `--wait` seconds while trays join."""
+    from vllm_helix.placement.layout import PlacementError, plan_bundles
+    from vllm_helix.placement.ray_adapter import cluster_view
+
+    deadline = time.monotonic() + args.wait
+    while True:
+        try:
+            return plan_bundles(cluster_view(args.device_key), args.tp, args.kvp, domain=args.domain)
+        except PlacementError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
 
 
 def serve_ray_main(argv: list[str]) -> int:
@@ -84,14 +110,15 @@ def serve_ray_main(argv: list[str]) -> int:
 
     import ray
 
-    from vllm_helix.placement.layout import PlacementError, plan_bundles
-    from vllm_helix.placement.ray_adapter import cluster_view, create_placement_group, launch_serve
+    from vllm_helix.placement.layout import PlacementError
+    from vllm_helix.placement.ray_adapter import create_placement_group, launch_serve
 
     env = _launcher_env(args.env)
+    launcher_labels = _pairs(args.launcher_label, "--launcher-label")
     ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or "auto", namespace="vllm-helix")
     placement = None
     try:
-        plan = plan_bundles(cluster_view(args.device_key), args.tp, args.kvp, domain=args.domain)
+        plan = _plan_when_ready(args)
         if args.dry_run:
             print(plan.table())
             return 0
@@ -100,6 +127,7 @@ def serve_ray_main(argv: list[str]) -> int:
             device_key=args.device_key,
             cpus_per_bundle=args.cpus_per_bundle,
             launcher_cpus=args.launcher_cpus or 1.0,
+            launcher_labels=launcher_labels,
             pin=args.pin,
             timeout_s=args.timeout,
         )

