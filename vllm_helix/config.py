@@ -20,6 +20,12 @@ from vllm_helix.grid import HelixConfigError
 
 WORKER_CLASS_NAMES = ("vllm_helix.Worker", "vllm_helix.worker.Worker")
 
+# Model classes whose attention Helix can re-shard (`vllm_helix.model_surgery`), checked before workers spawn by
+# `vllm_helix.validation`. Kept here (no vLLM import) so the pre-spawn check stays cheap.
+SUPPORTED_ARCHITECTURES = (
+    "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
+)
+
 
 @dataclass(frozen=True, slots=True)
 class HelixConfig:
@@ -47,11 +53,13 @@ class HelixConfig:
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
-            raise HelixConfigError(f'--additional-config "helix" must be a JSON object, got {raw!r}')
+            raise HelixConfigError(f'--additional-config "helix" must be a JSON object, got {raw!r}; e.g. '
+                                   '\'{"helix": {"hop_b": false}}\'')
         valid = {f.name for f in fields(cls)}
         unknown = sorted(set(raw) - valid)
         if unknown:
-            raise HelixConfigError(f"unknown --additional-config helix key(s) {unknown}; valid keys: {sorted(valid)}")
+            raise HelixConfigError(f"unknown --additional-config helix key(s) {unknown}; valid keys: {sorted(valid)} "
+                                   '(e.g. --additional-config \'{"helix": {"hop_b": "auto", "kernels": "auto"}}\')')
         return cls(**raw)
 
 

@@ -33,6 +33,10 @@ from vllm_helix.runtime import HelixRuntime, get_runtime
 SUPPORTED_ARCHITECTURES = (
     "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
 )
+# MLA models need no re-sharding: vLLM's MLAAttention + DCP (q_b_proj replicated over the KVP group, latent KV
+# sharded by DCP, LSE combine to H/N heads, kv_b_proj/o_proj at TP = N) is the Helix split once the backend
+# returns an LSE — see vllm_helix.attention.mla.
+MLA_ARCHITECTURES = ("DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM")
 
 
 @contextlib.contextmanager
@@ -123,9 +127,11 @@ def register_helix_models(architectures: list[str]) -> None:
     from vllm.model_executor.models import ModelRegistry
 
     for arch in architectures:
+        if arch in MLA_ARCHITECTURES:
+            continue
         if arch not in SUPPORTED_ARCHITECTURES:
             raise HelixConfigError(f"architecture {arch} is not supported by Helix yet; supported: "
-                                   f"{', '.join(SUPPORTED_ARCHITECTURES)}")
+                                   f"{', '.join(SUPPORTED_ARCHITECTURES + MLA_ARCHITECTURES)}")
         base = ModelRegistry._try_load_model_cls(arch)
         if base is None:
             raise HelixConfigError(f"vLLM cannot load the model class for {arch}")

@@ -1,25 +1,112 @@
 # SPDX-License-Identifier: Apache-2.0
 """The only patches of vLLM 0.32 that Helix needs — each a no-op unless `--worker-cls vllm_helix.Worker` is used.
 
-Applied by the `vllm.general_plugins` entry point (`vllm_helix.plugin.register`) in every vLLM process, so they act in
-the API/engine process *before* any worker is spawned:
+Applied by the `vllm.general_plugins` entry point (`vllm_helix.plugin.register`) in every vLLM process (vLLM loads
+general plugins in `EngineArgs.__post_init__`, before any config is built), so they act in the API / engine-config
+process *before* any worker is spawned. Every check is `vllm_helix.validation.validate_setup`; the wrappers only copy
+vLLM's values into a `HelixSetup`:
 
-1. `vllm.config.model.ModelConfig.verify_with_parallel_config` — replaced by a wrapper because vLLM's DCP only allows
-   `-dcp` ≤ TP / KV heads (and TP > KV heads): its query all-gather design needs TPA ≥ K. Helix computes Q, K, V per
-   TPA shard itself, so for the Helix worker the original runs with DCP hidden (every other check still runs) and
-   Helix's own grid validation runs instead, failing early with the values and a grid that works.
-2. `vllm.config.vllm.VllmConfig.__post_init__` — wrapped to validate `--additional-config '{"helix": ...}'` before
-   anything else happens, so a typo fails before workers start.
+1. `vllm.engine.arg_utils.EngineArgs.create_engine_config` — checks the raw arguments first (grid arithmetic,
+   PP / DP / PCP, KV cache dtype, block size and interleave as given, `--additional-config`), before vLLM's own
+   `ParallelConfig` validation, so `-tp 4 -dcp 3` gets Helix's message with what works.
+2. `vllm.config.vllm.VllmConfig.__post_init__` — checks the model (heads vs grid, architecture, MLA, sliding
+   window, soft-cap, ALiBi, quantization, runner, model impl) before vLLM's own checks, and after them the block
+   size the platform chose against the interleave.
+3. `vllm.config.model.ModelConfig.verify_with_parallel_config` — vLLM's DCP only allows `-dcp` ≤ TP / KV heads
+   (its query all-gather design needs TPA ≥ K). Helix computes Q, K, V per TPA shard itself, so for the Helix
+   worker the original runs with DCP hidden (every other check still runs) after Helix's grid check.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import os
 
-from vllm_helix.config import HelixConfig, is_helix_worker
-from vllm_helix.grid import HelixGrid
+from vllm_helix.config import is_helix_worker
+from vllm_helix.validation import HelixSetup, setup_problems, validate_setup
 
 _APPLIED = False
+
+
+def _device() -> str:
+    from vllm.platforms import current_platform
+
+    return "cpu" if current_platform.is_cpu() else "cuda"
+
+
+def _common() -> dict:
+    return {"device": _device(), "triton_interpret": os.environ.get("TRITON_INTERPRET", "") == "1"}
+
+
+def setup_from_engine_args(args) -> HelixSetup:
+    """What `EngineArgs` says before any config exists (the model is not read)."""
+    quantization = args.quantization if isinstance(args.quantization, str) else None
+    return HelixSetup(
+        tensor_parallel_size=args.tensor_parallel_size, decode_context_parallel_size=args.decode_context_parallel_size,
+        pipeline_parallel_size=args.pipeline_parallel_size, data_parallel_size=args.data_parallel_size,
+        prefill_context_parallel_size=args.prefill_context_parallel_size, block_size=args.block_size,
+        interleave=args.cp_kv_cache_interleave_size, kv_cache_dtype=str(args.kv_cache_dtype),
+        quantization=quantization, model_impl=str(getattr(args.model_impl, "value", args.model_impl)),
+        additional_config=args.additional_config, **_common())
+
+
+def setup_from_vllm_config(config, *, final_block_size: bool) -> HelixSetup:
+    """What a built `VllmConfig` says; the block size counts only once the platform has fixed it."""
+    mc, pc, cc = config.model_config, config.parallel_config, config.cache_config
+    text = mc.hf_text_config
+    block = cc.block_size if (final_block_size or cc.user_specified_block_size) else None
+    return HelixSetup(
+        tensor_parallel_size=pc.tensor_parallel_size, decode_context_parallel_size=pc.decode_context_parallel_size,
+        pipeline_parallel_size=pc.pipeline_parallel_size, data_parallel_size=pc.data_parallel_size,
+        prefill_context_parallel_size=pc.prefill_context_parallel_size,
+        num_heads=mc.model_arch_config.total_num_attention_heads, num_kv_heads=mc.get_total_num_kv_heads(),
+        architectures=tuple(mc.architectures or ()), use_mla=bool(mc.use_mla), block_size=block,
+        interleave=pc.cp_kv_cache_interleave_size, kv_cache_dtype=str(cc.cache_dtype),
+        sliding_window=mc.get_sliding_window(), attn_softcap=getattr(text, "attn_logit_softcapping", None),
+        alibi=bool(mc.uses_alibi), quantization=mc.quantization, runner_type=mc.runner_type,
+        model_impl=str(getattr(mc.model_impl, "value", mc.model_impl)), additional_config=config.additional_config,
+        **_common())
+
+
+def _with_model_heads(args, setup: HelixSetup) -> HelixSetup:
+    """`setup` plus the model's head counts when its config can be read (best effort: only to improve the hint)."""
+    try:
+        mc = args.create_model_config()
+        return dataclasses.replace(setup, num_heads=mc.model_arch_config.total_num_attention_heads,
+                                   num_kv_heads=mc.get_total_num_kv_heads(), use_mla=bool(mc.use_mla))
+    except Exception:  # noqa: BLE001 — the model-free message is still right
+        return setup
+
+
+def _helix_create_engine_config(original):
+    @functools.wraps(original)
+    def create_engine_config(self, *args, **kwargs):
+        if is_helix_worker(getattr(self, "worker_cls", None)):
+            setup = setup_from_engine_args(self)
+            if setup_problems(setup):
+                validate_setup(_with_model_heads(self, setup))  # the message then lists grids for this model
+        return original(self, *args, **kwargs)
+
+    create_engine_config.__helix_patched__ = True
+    return create_engine_config
+
+
+def _helix_vllm_config_post_init(original):
+    @functools.wraps(original)
+    def __post_init__(self, *args, **kwargs):
+        mc = self.model_config
+        checked = (is_helix_worker(getattr(self.parallel_config, "worker_cls", None)) and mc is not None
+                   and not getattr(mc, "is_submodel_config", False))
+        if checked:
+            validate_setup(setup_from_vllm_config(self, final_block_size=False))
+        result = original(self, *args, **kwargs)
+        if checked:
+            validate_setup(setup_from_vllm_config(self, final_block_size=True))
+        return result
+
+    __post_init__.__helix_patched__ = True
+    return __post_init__
 
 
 def _helix_verify_with_parallel_config(original):
@@ -28,19 +115,13 @@ def _helix_verify_with_parallel_config(original):
         if not is_helix_worker(getattr(parallel_config, "worker_cls", None)):
             return original(self, parallel_config, *args, **kwargs)
         dcp = parallel_config.decode_context_parallel_size
-        if parallel_config.prefill_context_parallel_size > 1:
-            from vllm_helix.grid import HelixConfigError
-
-            raise HelixConfigError("Helix does not combine with --prefill-context-parallel-size > 1; use -tp N "
-                                   "-dcp KVP only")
-        if parallel_config.pipeline_parallel_size > 1 or parallel_config.data_parallel_size > 1:
-            from vllm_helix.grid import HelixConfigError
-
-            raise HelixConfigError(
-                f"Helix runs on one TP group: got --pipeline-parallel-size {parallel_config.pipeline_parallel_size} "
-                f"and --data-parallel-size {parallel_config.data_parallel_size}; use -tp N -dcp KVP with both 1")
-        HelixGrid(parallel_config.tensor_parallel_size, dcp, self.model_arch_config.total_num_attention_heads,
-                  1 if self.use_mla else self.get_total_num_kv_heads())
+        validate_setup(HelixSetup(
+            tensor_parallel_size=parallel_config.tensor_parallel_size, decode_context_parallel_size=dcp,
+            pipeline_parallel_size=parallel_config.pipeline_parallel_size,
+            data_parallel_size=parallel_config.data_parallel_size,
+            prefill_context_parallel_size=parallel_config.prefill_context_parallel_size,
+            num_heads=self.model_arch_config.total_num_attention_heads, num_kv_heads=self.get_total_num_kv_heads(),
+            use_mla=bool(self.use_mla), **_common()))
         object.__setattr__(parallel_config, "decode_context_parallel_size", 1)
         try:
             return original(self, parallel_config, *args, **kwargs)
@@ -51,17 +132,6 @@ def _helix_verify_with_parallel_config(original):
     return verify_with_parallel_config
 
 
-def _helix_vllm_config_post_init(original):
-    @functools.wraps(original)
-    def __post_init__(self, *args, **kwargs):
-        if is_helix_worker(getattr(self.parallel_config, "worker_cls", None)):
-            HelixConfig.from_additional_config(self.additional_config)
-        return original(self, *args, **kwargs)
-
-    __post_init__.__helix_patched__ = True
-    return __post_init__
-
-
 def apply() -> None:
     """Install the wrappers once per process (idempotent)."""
     global _APPLIED
@@ -69,10 +139,13 @@ def apply() -> None:
         return
     from vllm.config.model import ModelConfig
     from vllm.config.vllm import VllmConfig
+    from vllm.engine.arg_utils import EngineArgs
 
     if not getattr(ModelConfig.verify_with_parallel_config, "__helix_patched__", False):
         ModelConfig.verify_with_parallel_config = _helix_verify_with_parallel_config(
             ModelConfig.verify_with_parallel_config)
     if not getattr(VllmConfig.__post_init__, "__helix_patched__", False):
         VllmConfig.__post_init__ = _helix_vllm_config_post_init(VllmConfig.__post_init__)
+    if not getattr(EngineArgs.create_engine_config, "__helix_patched__", False):
+        EngineArgs.create_engine_config = _helix_create_engine_config(EngineArgs.create_engine_config)
     _APPLIED = True

@@ -13,6 +13,9 @@ Overrides two hooks and adds two RPC methods:
 
 from __future__ import annotations
 
+import dataclasses
+
+import torch
 from vllm.logger import init_logger
 from vllm.platforms import current_platform
 
@@ -34,7 +37,19 @@ def _install_backend(vllm_config) -> None:
     """Point this process's attention selection at the Helix backend."""
     from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
 
-    if current_platform.is_cpu():
+    mc, pc = vllm_config.model_config, vllm_config.parallel_config
+    if current_platform.is_cpu() and getattr(mc, "use_mla", False):
+        # MLA (DeepSeek V2/V3): vLLM's own MLA + DCP flow with a CPU impl that returns the LSE, any dims
+        # (vllm_helix.attention.mla); replicated query projection over the KVP group instead of a q all-gather.
+        register_backend(AttentionBackendEnum.CPU_MLA, "vllm_helix.attention.mla.HelixMLABackend")
+        if pc.decode_context_parallel_size > 1 and not pc.dcp_q_replicate:
+            pc.dcp_q_replicate = True
+            logger.info("Helix MLA: dcp_q_replicate=True (q_b_proj replicated over the KVP group)")
+        if mc.is_moe and pc.enable_expert_parallel:
+            from vllm_helix.moe import install_cpu_expert_parallel
+
+            install_cpu_expert_parallel()  # vLLM's CPU experts ignore expert_map (segfault); see vllm_helix.moe
+    elif current_platform.is_cpu():
         register_backend(AttentionBackendEnum.CPU_ATTN, BACKEND_PATH)  # CPU ignores --attention-backend
     else:
         register_backend(AttentionBackendEnum.CUSTOM, BACKEND_PATH)
@@ -55,6 +70,22 @@ def _install_slot_mapping() -> None:
     from vllm_helix.slot_mapping import compute_slot_mapping
 
     register_kernels({"vllm.v1.worker.block_table.ComputeSlotMappingKernel.kernel": compute_slot_mapping})
+
+
+def weight_bytes_by_module(model: torch.nn.Module, dtype_bytes: int) -> dict[str, int]:
+    """Weight bytes this rank holds, per module. Linear layers count their logical shard
+    (input_size_per_partition × output_size_per_partition): vLLM's CPU path may repack their weights into
+    buffers that are not parameters any more."""
+    sizes = {}
+    for name, module in model.named_modules():
+        rows, cols = (getattr(module, a, None) for a in ("output_size_per_partition", "input_size_per_partition"))
+        if rows is not None and cols is not None:
+            sizes[name] = rows * cols * dtype_bytes
+        else:
+            own = sum(p.numel() * p.element_size() for p in module.parameters(recurse=False))
+            if own:
+                sizes[name] = own
+    return sizes
 
 
 class Worker(_PlatformWorker):
@@ -96,6 +127,13 @@ class Worker(_PlatformWorker):
         rt = get_runtime()
         t, k = rt.grid.coords(rt.rank)
         slots = int(rt.slots_used.sum()) if rt.slots_used is not None else 0
+        model = self.model_runner.model
+        attn_layers = [m for m in model.modules() if hasattr(m, "helix_out_heads")]
+        head_dim = attn_layers[0].head_size if attn_layers else 0
+        dtype_bytes = torch.empty(0, dtype=self.model_config.dtype).element_size()
+        kv_bytes = slots * 2 * rt.grid.kv_heads_per_tpa_rank * head_dim * dtype_bytes * len(attn_layers)
+        weights = weight_bytes_by_module(model, dtype_bytes)
+        qkv_bytes = sum(b for name, b in weights.items() if name.endswith("qkv_proj"))
         blocks = int(rt.slots_used.view(-1, rt.block_size).any(dim=1).sum()) if rt.slots_used is not None else 0
         grid = {"world_size": rt.grid.world_size, "kvp": rt.grid.kvp, "tpa": rt.grid.tpa,
                 "num_heads": rt.grid.num_heads, "num_kv_heads": rt.grid.num_kv_heads,
@@ -104,8 +142,14 @@ class Worker(_PlatformWorker):
         return {"grid": grid, "rank": rt.rank, "tpa_index": t, "kvp_index": k, "kv_tokens": slots, "kv_blocks": blocks,
                 "block_size": rt.block_size, "exchange_seconds": rt.stats.exchange_seconds,
                 "exchanges": rt.stats.exchanges, "attention_seconds": rt.stats.attention_seconds,
-                "weight_bytes": sum(p.numel() * p.element_size() for p in self.model_runner.model.parameters())}
+                "kv_bytes": kv_bytes, "qkv_weight_bytes": qkv_bytes,
+                "weight_bytes": sum(weights.values())}
 
     def helix_reset_stats(self) -> None:
+        get_runtime().reset_stats()
+
+    def helix_configure(self, **changes) -> dict:
+        """Change Helix knobs at run time (e.g. `hop_b`), validated like --additional-config. Returns the config."""
         rt = get_runtime()
-        rt.reset_stats()
+        rt.config = HelixConfig(**{**dataclasses.asdict(rt.config), **changes})
+        return dataclasses.asdict(rt.config)

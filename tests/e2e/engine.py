@@ -2,8 +2,9 @@
 """Run a real vLLM engine in a child process (own process group, hard timeout, cleanup by PID).
 
 `run_engine(spec)` starts `python -m tests.e2e.engine` with a JSON spec, which builds `LLM(**spec["llm"])`, generates
-greedily for `spec["prompts"]` (token-id lists or strings), optionally collects `helix_status` from every worker, and
-prints one JSON line prefixed with RESULT. Keeping each engine in its own process keeps the test process clean and
+greedily for `spec["prompts"]` (token-id lists or strings), optionally collects `helix_status` from every worker, runs
+optional further `phases` on the same engine (each may first change Helix knobs via `helix_configure`; stats are
+reset before each), and prints one JSON line prefixed with RESULT. Keeping each engine in its own process keeps the test process clean and
 lets a stuck engine be killed as a whole.
 """
 
@@ -52,12 +53,17 @@ def _main(spec: dict) -> None:
               "texts": [o.outputs[0].text for o in outputs]}
     if spec.get("status"):
         result["status"] = llm.collective_rpc("helix_status")
-    for extra in spec.get("after", []):  # follow-up single prompts, each run alone (used for isolation checks)
-        llm.collective_rpc("helix_reset_stats")
-        out = llm.generate([{"prompt_token_ids": extra} if isinstance(extra, list) else extra], params,
-                           use_tqdm=False)
-        result.setdefault("after", []).append({"tokens": list(out[0].outputs[0].token_ids),
-                                               "status": llm.collective_rpc("helix_status")})
+    for phase in spec.get("phases", []):  # further generate calls on the same engine, e.g. after a knob change
+        if "configure" in phase:
+            llm.collective_rpc("helix_configure", kwargs=phase["configure"])
+        if spec.get("status"):
+            llm.collective_rpc("helix_reset_stats")
+        out = llm.generate([{"prompt_token_ids": p} if isinstance(p, list) else p for p in phase["prompts"]],
+                           params, use_tqdm=False)
+        entry = {"tokens": [list(o.outputs[0].token_ids) for o in out]}
+        if spec.get("status"):
+            entry["status"] = llm.collective_rpc("helix_status")
+        result.setdefault("phases", []).append(entry)
     print("RESULT " + json.dumps(result), flush=True)
     del llm
 

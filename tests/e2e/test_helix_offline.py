@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Offline `LLM(..., worker_cls="vllm_helix.Worker")`: greedy tokens identical to stock vLLM TP=1 (float32)."""
+"""Offline `LLM(..., worker_cls="vllm_helix.Worker")`: greedy tokens identical to stock vLLM TP=1 (float32), with
+HOP-B on and off on the same engine, and each rank's KV share read back from the workers."""
 
 import pytest
 
@@ -10,28 +11,38 @@ from vllm_helix.sharding import local_lengths
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
-def _assert_kv_sharded(status: list[dict], total_tokens: int, kvp: int, tpa: int) -> None:
-    """Each rank's KV (read from the workers) holds exactly its round-robin share: within one block of S/KVP."""
+def assert_kv_sharded(status: list[dict], total_tokens: int, kvp: int, tpa: int, block: int = BLOCK) -> None:
+    """Each rank's KV holds exactly its round-robin share of the request: within one block of S/KVP."""
     assert len(status) == kvp * tpa
-    expected = local_lengths(total_tokens, BLOCK, kvp)
+    expected = local_lengths(total_tokens, block, kvp)
     for st in status:
         assert st["kv_tokens"] == expected[st["kvp_index"]], (st, expected)
-        assert abs(st["kv_tokens"] - total_tokens / kvp) <= BLOCK
-        assert st["kv_blocks"] <= -(-total_tokens // (kvp * BLOCK)) + 1
+        assert abs(st["kv_tokens"] - total_tokens / kvp) <= block
+        assert st["kv_blocks"] <= -(-total_tokens // (kvp * block)) + 1
+
+
+def run_helix_vs_stock(model, tp, dcp, stock_tokens, seed, first_hop_b, **extra):
+    """One Helix engine: batch (HOP-B `first_hop_b`), batch again with HOP-B flipped, then one long prompt alone."""
+    prompts = prompt_ids(seed, PROMPT_LENGTHS)
+    long_prompt = prompt_ids(seed + 1, [777])[0]
+    flipped = (not first_hop_b) if isinstance(first_hop_b, bool) else False
+    result = run_engine({
+        "llm": llm_args(model, tp, dcp, helix=True, additional_config={"helix": {"hop_b": first_hop_b}}, **extra),
+        "prompts": prompts, "max_tokens": NEW_TOKENS, "status": True,
+        "phases": [{"configure": {"hop_b": flipped}, "prompts": prompts}, {"prompts": [long_prompt]}]})
+    expected = stock_tokens(model, prompts, **extra)
+    assert result["tokens"] == expected, f"HOP-B {first_hop_b}"
+    assert result["phases"][0]["tokens"] == expected, f"HOP-B {flipped}"
+    long_phase = result["phases"][1]
+    assert long_phase["tokens"][0] == stock_tokens(model, [long_prompt], **extra)[0]
+    # KV written for one long request = prompt + all generated tokens but the last
+    assert_kv_sharded(long_phase["status"], len(long_prompt) + NEW_TOKENS - 1, dcp, tp // dcp)
+    return result
 
 
 @pytest.mark.parametrize("model,tp,dcp,hop_b", [
-    ("mqa", 2, 2, "auto"),     # MQA, KVP 2 × TPA 1
-    ("gqa2", 4, 2, False),     # GQA 8 heads / 2 KV heads, KVP 2 × TPA 2 (TPA = K)
+    ("mqa", 2, 2, "auto"),     # MQA (1 KV head), KVP 2 × TPA 1
+    ("gqa2", 4, 2, True),      # 8 heads / 2 KV heads, KVP 2 × TPA 2 (TPA = K)
 ])
 def test_greedy_tokens_match_stock(tiny_models, stock_tokens, model, tp, dcp, hop_b):
-    prompts = prompt_ids(10 + tp, PROMPT_LENGTHS)
-    long_prompt = prompt_ids(99, [777])[0]
-    result = run_engine({"llm": llm_args(tiny_models[model], tp, dcp, helix=True,
-                                         additional_config={"helix": {"hop_b": hop_b}}),
-                         "prompts": prompts, "max_tokens": NEW_TOKENS, "status": True, "after": [long_prompt]})
-    assert result["tokens"] == stock_tokens(tiny_models[model], prompts)
-    after = result["after"][0]
-    assert after["tokens"] == stock_tokens(tiny_models[model], [long_prompt])[0]
-    # KV written for one long request = prompt + all generated tokens but the last
-    _assert_kv_sharded(after["status"], len(long_prompt) + NEW_TOKENS - 1, dcp, tp // dcp)
+    run_helix_vs_stock(tiny_models[model], tp, dcp, stock_tokens, 10 + tp, hop_b)

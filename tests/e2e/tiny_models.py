@@ -36,3 +36,41 @@ def make_tiny_llama(path: Path, *, heads: int = 8, kv_heads: int = 1, head_dim: 
     cfg["torch_dtype"] = "float32"
     (path / "config.json").write_text(json.dumps(cfg, indent=1))
     return path
+
+
+def make_tiny_deepseek_v3(path: Path, *, heads: int = 8, hidden: int = 256, kv_lora_rank: int = 512,
+                          rope_dim: int = 64, nope_dim: int = 32, v_dim: int = 32, q_lora_rank: int | None = 64,
+                          layers: int = 2, first_dense: int = 1, experts: int = 8, experts_per_tok: int = 2,
+                          n_group: int = 2, topk_group: int = 1, moe_intermediate: int = 64,
+                          intermediate: int = 128, vocab: int = 512, seed: int = 0) -> Path:
+    """A random-weight DeepSeek-V3-architecture checkpoint (MLA + MoE, `noaux_tc` routing with sigmoid scores),
+    float32, written to `path` (idempotent). Layers < `first_dense` use a dense MLP, the rest MoE with one shared
+    expert. The latent KV cache entry is kv_lora_rank + rope_dim wide (vLLM's stock CPU MLA kernel needs 576).
+
+    Weights use a large init range (0.08) so greedy logits have clear winners.
+    """
+    path = Path(path)
+    if (path / "config.json").exists():
+        return path
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.DeepseekV3Config(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, moe_intermediate_size=moe_intermediate,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads, n_shared_experts=1,
+        n_routed_experts=experts, num_experts_per_tok=experts_per_tok, n_group=n_group, topk_group=topk_group,
+        first_k_dense_replace=first_dense, routed_scaling_factor=1.0, norm_topk_prob=True,
+        kv_lora_rank=kv_lora_rank, q_lora_rank=q_lora_rank, qk_rope_head_dim=rope_dim, qk_nope_head_dim=nope_dim,
+        v_head_dim=v_dim, max_position_embeddings=4096, initializer_range=0.08, tie_word_embeddings=False,
+        num_nextn_predict_layers=0, rope_parameters={"rope_theta": 10000.0, "rope_type": "default"})
+    model = transformers.DeepseekV3ForCausalLM(config)
+    with torch.no_grad():  # small random router bias: exercises the noaux_tc bias-corrected selection
+        for name, buf in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                buf.copy_(torch.rand_like(buf) * 0.1)
+    model.save_pretrained(path, safe_serialization=True)
+    cfg = json.loads((path / "config.json").read_text())
+    cfg.update(torch_dtype="float32", topk_method="noaux_tc", scoring_func="sigmoid")
+    (path / "config.json").write_text(json.dumps(cfg, indent=1))
+    return path

@@ -44,12 +44,14 @@ def test_launcher_label_stays_in_the_domain():
 
 def test_unlabelled_node_is_pinned_without_topology():
     _, kw = placement_group_args(_plan(labelled=False), topology=True, pin=False, device_key="vcpu")
-    assert kw["strategy"] == "PACK" and all(s == {"ray.io/node-id": "a"} for s in kw["bundle_label_selector"][:3])
+    assert kw["strategy"] == "PACK"
+    assert all(s == {"ray.io/node-id": "a"} for s in kw["bundle_label_selector"][:3])
 
 
 def test_vllm_argv_adds_grid_backend_and_loopback_host():
     args, rest = build_parser().parse_known_args(
-        ["--address", "x:1", "-tp", "8", "-dcp", "2", "--", "/m", "--port", "9", "--worker-cls", "vllm_helix.Worker"]
+        ["--address", "x:1", "-tp", "8", "-dcp", "2", "--", "/m", "--port", "9",
+         "--worker-cls", "vllm_helix.Worker"]  # fmt: skip
     )
     argv = vllm_argv(args, rest)
     assert argv[:6] == ["vllm", "serve", "/m", "--port", "9", "--worker-cls"]
@@ -108,3 +110,33 @@ def test_tray_script_head_dashboard_on_loopback_and_refuses_unknown_clique(tmp_p
     assert r.returncode == 1 and "different NVLink cliques" in r.stderr
     r = _tray_script(tmp_path, "--address", "h:6379", smi_lines=["N/A, N/A"] * 4)  # no NVLink fabric
     assert r.returncode == 1 and "--domain NAME" in r.stderr
+
+
+def test_kuberay_manifest_is_one_private_rack_of_18_trays():
+    import shlex
+    import subprocess
+    from pathlib import Path
+
+    yaml = pytest.importorskip("yaml")
+    path = Path(__file__).resolve().parents[2] / "deploy" / "kuberay-rayservice-nvl72.yaml"
+    docs = {d["kind"]: d for d in yaml.safe_load_all(path.read_text())}
+    rc = docs["RayCluster"]["spec"]
+    groups = rc["workerGroupSpecs"]
+    assert sum(g["replicas"] for g in groups) == 18
+    for g in groups:
+        pod = g["template"]["spec"]
+        assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 4
+        assert pod["nodeSelector"]["nvidia.com/gpu.clique"] == g["template"]["metadata"]["labels"][
+            "vllm-helix.io/nvlink-clique"]  # fmt: skip
+    assert rc["headGroupSpec"]["serviceType"] == "ClusterIP"
+    assert docs["Service"]["spec"]["type"] == "ClusterIP"
+    assert rc["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "127.0.0.1"
+    scripts = [rc["headGroupSpec"]["template"]["spec"]["containers"][0]["args"][0]]
+    scripts += [g["template"]["spec"]["containers"][0]["args"][0] for g in groups]
+    for script in scripts:
+        assert subprocess.run(["bash", "-n"], input=script, text=True, timeout=10).returncode == 0
+    line = scripts[0][scripts[0].index("vllm-helix serve-ray"):].replace("\\\n", " ").splitlines()[0]
+    args, rest = build_parser().parse_known_args(shlex.split(line)[2:])
+    assert (args.tp, args.kvp, args.launcher_label) == (72, 4, ["vllm-helix.io/role=api"])
+    assert "--worker-cls" in rest and "vllm_helix.Worker" in rest
+    assert "vllm-helix.io/role=api" in scripts[1] and "vllm-helix.io/role=api" not in scripts[2]

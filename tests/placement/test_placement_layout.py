@@ -130,7 +130,8 @@ def test_order_placed_bundles_groups_nodes():
     placed = ["b", "a", "b", "a", "b", "b"]
     order = order_placed_bundles(placed, {"a": "10.0.0.2", "b": "10.0.0.1"})
     assert order == [1, 3, 0, 2, 4, 5]  # a has fewer bundles: first
-    assert rank_order({"x": 4, "y": 4}, {"x": "10.0.0.9", "y": "10.0.0.10"}) == ["y", "x"]  # string order, as vLLM
+    # IPs compare as strings, as in vLLM
+    assert rank_order({"x": 4, "y": 4}, {"x": "10.0.0.9", "y": "10.0.0.10"}) == ["y", "x"]
 
 
 @settings(max_examples=200, deadline=None)

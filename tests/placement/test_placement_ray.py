@@ -38,6 +38,7 @@ def cluster():
     import ray._private.ray_constants as rc
     from ray.cluster_utils import Cluster
 
+    ray.shutdown()  # an earlier test module may have left a driver connected elsewhere
     old_env, old_flag = os.environ.get(_LOOPBACK_ENV), rc.ENABLE_RAY_CLUSTER
     os.environ[_LOOPBACK_ENV], rc.ENABLE_RAY_CLUSTER = "0", False
     c = None
@@ -46,8 +47,8 @@ def cluster():
                                                           "node_ip_address": "127.0.0.1"})  # fmt: skip
         for r in range(RACKS):
             for _ in range(TRAYS):
-                c.add_node(wait=False, num_cpus=1, num_gpus=GPUS, node_ip_address="127.0.0.1",
-                           labels={"ray.io/gpu-domain": f"rack-{r}", "ray.io/accelerator-type": "GB200"})  # fmt: skip
+                labels = {"ray.io/gpu-domain": f"rack-{r}", "ray.io/accelerator-type": "GB200"}
+                c.add_node(wait=False, num_cpus=1, num_gpus=GPUS, node_ip_address="127.0.0.1", labels=labels)
         c.wait_for_nodes(timeout=90)
         yield c
     finally:
@@ -63,6 +64,8 @@ def cluster():
 
 @pytest.fixture(autouse=True)
 def connected(cluster):
+    if ray.is_initialized() and ray.get_runtime_context().gcs_address != cluster.address:
+        ray.shutdown()
     if not ray.is_initialized():
         ray.init(address=cluster.address, log_to_driver=False)
     yield
@@ -97,8 +100,10 @@ def test_dummy_ranks_land_per_plan_in_one_domain():
             return ctx.get_node_id(), ctx.get_accelerator_ids()["GPU"]
 
     strategy = ray.util.scheduling_strategies.PlacementGroupSchedulingStrategy
-    actors = [Rank.options(scheduling_strategy=strategy(placement.pg, placement_group_bundle_index=r)).remote()
-              for r in range(8)]  # fmt: skip
+    actors = [
+        Rank.options(scheduling_strategy=strategy(placement.pg, placement_group_bundle_index=r)).remote()
+        for r in range(8)
+    ]
     try:
         where = ray.get([a.where.remote() for a in actors], timeout=120)
     finally:
@@ -114,7 +119,7 @@ def test_dummy_ranks_land_per_plan_in_one_domain():
 
 
 def test_vllm_reads_ranks_in_bundle_order():
-    """vLLM's own RayExecutorV2 helper, fed VLLM_RAY_BUNDLE_INDICES as we set it, returns rank order = plan."""
+    """vLLM's RayExecutorV2 helper, given our VLLM_RAY_BUNDLE_INDICES, returns ranks in plan order."""
     ray_utils = pytest.importorskip("vllm.v1.executor.ray_utils")
     placement = place(8, 4, launcher_cpus=0, timeout_s=60)
     indices = [int(i) for i in placement.env["VLLM_RAY_BUNDLE_INDICES"].split(",")]
@@ -129,6 +134,7 @@ def test_launch_serve_hands_the_group_to_vllm():
 
     def probe():  # a closure: Ray ships it by value; runs where `vllm serve` would
         import sys
+        import threading
 
         from vllm.ray.lazy_utils import is_in_ray_actor
 
@@ -138,6 +144,7 @@ def test_launch_serve_hands_the_group_to_vllm():
         assert ray.get_runtime_context().get_node_id() == expect_node  # driver on rank 0's tray
         assert os.environ["VLLM_RAY_BUNDLE_INDICES"] == "0,1,2,3" and os.environ["RAY_ADDRESS"]
         assert os.environ["HELIX_PROBE"] == "1" and sys.argv == ["vllm", "serve", "m"]
+        assert threading.current_thread() is threading.main_thread()  # uvicorn/vLLM install signal handlers
         return 7
 
     actor, done = launch_serve(placement, ["vllm", "serve", "m"], env={"HELIX_PROBE": "1"}, main=probe)
@@ -177,11 +184,14 @@ def test_launcher_on_a_chosen_tray():
     placement = create_placement_group(plan, launcher_labels={"ray.io/node-id": other}, timeout_s=60)
 
     def probe():
+        import sys
+
         assert ray.get_runtime_context().get_node_id() == other
+        assert sys.argv == ["vllm", "--host", ray.util.get_node_ip_address()]
         assert ray.util.get_current_placement_group().id == placement.pg.id
         return 3
 
-    actor, done = launch_serve(placement, ["vllm"], main=probe)
+    actor, done = launch_serve(placement, ["vllm", "--host", "{node_ip}"], main=probe)
     try:
         assert ray.get(done, timeout=120) == 3
     finally:

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""`vllm-helix serve-ray`: place a Helix engine on one NVLink domain of a Ray cluster, then run `vllm serve` in it.
+"""`vllm-helix serve-ray`: place a Helix engine in one NVLink domain of a Ray cluster, run `vllm serve` there.
 
     vllm-helix serve-ray --address 10.0.0.1:6379 -tp 16 -dcp 4 -- /models/llama --port 8000 \\
         --worker-cls vllm_helix.Worker
@@ -35,18 +35,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-pp", "--pipeline-parallel-size", dest="pp", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--distributed-executor-backend", dest="backend", default="ray", choices=["ray"],
                    help=argparse.SUPPRESS)  # fmt: skip
-    p.add_argument("--host", default="127.0.0.1", help="API server bind address (default 127.0.0.1)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="API server address (127.0.0.1; '{node_ip}': the serving tray's IP)")  # fmt: skip
     p.add_argument("--domain", default=None, help="use this ray.io/gpu-domain (default: best fit)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the placement group")
     p.add_argument("--device-key", default="GPU", help="Ray resource per rank (GPU; a custom key on CPU)")
     p.add_argument("--cpus-per-bundle", type=float, default=0.0, help="CPUs reserved with each rank's GPU")
     p.add_argument("--launcher-cpus", type=float, default=1.0, help="CPUs for the vllm serve process")
     p.add_argument("--launcher-label", action="append", default=[], metavar="KEY=VALUE",
-                   help="run vllm serve on the tray with this Ray label (default: rank 0's tray)")  # fmt: skip
+                   help="run vllm serve on the tray with this Ray label (default: rank 0's)")  # fmt: skip
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                   help="wait this long for one domain to have N free GPUs (trays still joining)")  # fmt: skip
+                   help="wait this long for one domain to have N free GPUs (trays joining)")  # fmt: skip
     p.add_argument("--no-pin-trays", dest="pin", action="store_false",
-                   help="let Ray pick trays inside the domain (rank order then follows Ray's choice)")  # fmt: skip
+                   help="let Ray pick trays inside the domain (rank order follows Ray's choice)")  # fmt: skip
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra environment for vllm serve (repeatable)")  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="print the rank table and exit")
@@ -134,12 +135,17 @@ def serve_ray_main(argv: list[str]) -> int:
         print(placement.plan.table(placement.bundle_indices), flush=True)
         if placement.plan.split_groups():
             print(f"note: KVP groups {placement.plan.split_groups()} span more than one tray", flush=True)
-        actor, done = launch_serve(placement, vllm_argv(args, rest), env=env, launcher_cpus=args.launcher_cpus or 1.0)
+        actor, done = launch_serve(
+            placement, vllm_argv(args, rest), env=env, launcher_cpus=args.launcher_cpus or 1.0
+        )
         try:
             return int(ray.get(done))
         except KeyboardInterrupt:
             ray.kill(actor)
             return 130
+        except ray.exceptions.RayError as e:  # the server's actor died: vLLM's own error is in the log above
+            print(f"serve-ray: vllm serve failed: {type(e).__name__}: {str(e)[-2000:]}", file=sys.stderr)
+            return 1
     except PlacementError as e:
         print(f"serve-ray: {e}", file=sys.stderr)
         return 1

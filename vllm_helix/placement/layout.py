@@ -194,7 +194,8 @@ def plan_bundles(
     if domain is not None:
         if domain not in by_domain:
             raise PlacementError(
-                f"domain {domain!r} has no alive node with GPUs. Domains: {_describe_domains(by_domain)}. {HINT}"
+                f"domain {domain!r} has no alive node with GPUs. "
+                f"Domains: {_describe_domains(by_domain)}. {HINT}"
             )
         candidates = [domain]
     else:

@@ -88,7 +88,7 @@ def supports_topology_strategy() -> bool:
 
 @dataclass
 class Placement:
-    """A ready placement group for a plan: bundles 0..N-1 hold one device each, rank order = `bundle_indices`."""
+    """A ready group for a plan: bundles 0..N-1 hold one device each; rank r uses `bundle_indices[r]`."""
 
     pg: PlacementGroup
     plan: BundlePlan
@@ -220,13 +220,17 @@ def _vllm_cli_main() -> None:
     main()
 
 
+NODE_IP_PLACEHOLDER = "{node_ip}"  # in argv: replaced by the launcher tray's IP (e.g. `--host {node_ip}`)
+
+
 class _ServeActor:
     """Runs a CLI `main()` in this actor's process, so that vLLM sees the current placement group."""
 
     def run(self, main: Callable[[], Any], argv: list[str]) -> int:
         import sys
 
-        sys.argv = list(argv)
+        ip = ray.util.get_node_ip_address()
+        sys.argv = [a.replace(NODE_IP_PLACEHOLDER, ip) for a in argv]
         try:
             result = main()
         except SystemExit as e:  # argparse / CLI exits must not kill the actor silently
@@ -241,13 +245,18 @@ def launch_serve(
     env: dict[str, str] | None = None,
     main: Callable[[], Any] | None = None,
     launcher_cpus: float = 1.0,
+    runtime_env: dict[str, Any] | None = None,
 ) -> tuple[Any, Any]:
-    """Start `main()` with `sys.argv = argv` (e.g. `["vllm", "serve", ...]`) in an actor on the launcher bundle.
+    """Run `main()` with `sys.argv = argv` (`["vllm", "serve", ...]`) in an actor on the launcher bundle.
 
     The actor carries `placement.env` (VLLM_RAY_BUNDLE_INDICES), `RAY_ADDRESS` (for the EngineCore
-    process's own `ray.init`) and `env`. Returns (actor, ObjectRef of the exit code).
+    process's own `ray.init`) and `env`. vLLM copies the actor's runtime env (`runtime_env`, e.g. a
+    `worker_process_setup_hook`) to its worker actors (arg_utils.py ~2313, ray_executor_v2.py:255).
+    Returns (actor, ObjectRef of the exit code).
     """
     env_vars = {"RAY_ADDRESS": ray.get_runtime_context().gcs_address} | placement.env | (env or {})
+    runtime_env = dict(runtime_env or {})
+    runtime_env["env_vars"] = dict(runtime_env.get("env_vars", {})) | env_vars
     if placement.launcher_bundle is None:
         raise PlacementError("the placement group has no launcher bundle (launcher_cpus=0)")
     actor = (
@@ -257,7 +266,7 @@ def launch_serve(
             scheduling_strategy=PlacementGroupSchedulingStrategy(
                 placement.pg, placement_group_bundle_index=placement.launcher_bundle
             ),
-            runtime_env={"env_vars": env_vars},
+            runtime_env=runtime_env,
         )
         .remote()
     )

@@ -1,0 +1,231 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Reliability of `vllm serve --worker-cls vllm_helix.Worker` (issue 10): a rank killed mid-stream, 64 concurrent
+streams, bad input, `--api-key`, loopback defaults.
+
+Model: a tiny random MQA Llama with SmolLM2's tokenizer (`tiny_chat_model`), float32, Helix `-tp 2 -dcp 2`
+(KVP 2 × TPA 1). One server is shared by the concurrency, bad-input and API-key tests; the rank-kill test has its
+own. Measured figures are printed as `RELIABILITY {...}` lines (run pytest with -s to see them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import threading
+import time
+
+import pytest
+import requests
+
+from tests.e2e.proc_tools import group_processes, tracked_server, worker_processes
+from tests.e2e.streams import run_concurrently, stream_completion
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+API_KEY = "helix-test-key"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+NEW_TOKENS = 12
+BLOCKS_PER_RANK = 64  # --num-gpu-blocks-override: KV capacity 64 blocks × 32 tokens × KVP 2 ≈ 4K tokens
+SERVER_ARGS = ["--worker-cls", "vllm_helix.Worker", "-tp", "2", "-dcp", "2", "--dtype", "float32",
+               "--enforce-eager", "--block-size", "32", "--served-model-name", "tiny", "--max-num-seqs", "64"]
+
+
+def report(**figures) -> None:
+    print("RELIABILITY " + json.dumps(figures), flush=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_chat(tmp_path_factory):
+    from tests.e2e.tiny_chat_model import make_tiny_chat_llama
+
+    return str(make_tiny_chat_llama(tmp_path_factory.mktemp("reliability") / "tiny-chat"))
+
+
+@pytest.fixture(scope="module")
+def server(tiny_chat):
+    """Shared Helix server: API key on, KV capacity capped and max_model_len fitted to it (auto-fit)."""
+    args = SERVER_ARGS + ["--api-key", API_KEY, "--num-gpu-blocks-override", str(BLOCKS_PER_RANK),
+                          "--max-model-len=-1"]
+    with tracked_server(tiny_chat, args, ranks=2) as handle:
+        models = requests.get(f"{handle.base}/v1/models", headers=AUTH, timeout=30).json()
+        handle.max_model_len = models["data"][0]["max_model_len"]
+        yield handle
+    assert not handle.leftover_pids, f"processes left after shutdown: {handle.leftover_pids}"
+    assert not handle.leftover_shm, f"/dev/shm files left after shutdown: {handle.leftover_shm}"
+
+
+def _bodies(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    return [{"model": "tiny", "prompt": [rng.randrange(10, 40000) for _ in range(rng.randrange(3, 90))],
+             "max_tokens": NEW_TOKENS, "temperature": 0, "ignore_eos": True} for _ in range(n)]
+
+
+def _check_same_as_alone(base: str, bodies: list[dict]) -> tuple[float, float]:
+    """Run `bodies` one at a time, then all at once; every concurrent output must equal its solo run."""
+    t0 = time.monotonic()
+    alone = [stream_completion(base, b, AUTH) for b in bodies]
+    t_alone = time.monotonic() - t0
+    assert all(r.error is None and r.done for r in alone), [r.error for r in alone if r.error]
+    t0 = time.monotonic()
+    together = run_concurrently(base, bodies, AUTH)
+    t_together = time.monotonic() - t0
+    failures = [(i, r.error) for i, r in enumerate(together) if r.error is not None or not r.done]
+    assert not failures, f"{len(failures)} of {len(bodies)} concurrent streams failed: {failures[:5]}"
+    for i, (a, c) in enumerate(zip(alone, together)):
+        assert len(a.token_ids) == NEW_TOKENS, (i, a)
+        assert c.token_ids == a.token_ids, f"request {i}: concurrent {c.token_ids} != alone {a.token_ids}"
+        assert c.text == a.text
+    return t_alone, t_together
+
+
+@pytest.mark.timeout(600)
+def test_64_concurrent_streams_equal_solo_runs(server):
+    bodies = _bodies(64, seed=10)
+    t_alone, t_together = _check_same_as_alone(server.base, bodies)
+    report(test="64 concurrent streams", requests=64, new_tokens=NEW_TOKENS, failures=0,
+           wall_s_concurrent=round(t_together, 2), wall_s_one_at_a_time=round(t_alone, 2))
+    server.snapshot()
+
+
+BAD_REQUESTS = [  # (name, path, kwargs for requests.post, expected status range)
+    ("malformed JSON", "/v1/completions", {"data": b'{"model": "tiny", "prompt": [1, 2', "headers": {
+        "Content-Type": "application/json"}}),
+    ("not an object", "/v1/completions", {"json": [1, 2, 3]}),
+    ("max_tokens of the wrong type", "/v1/completions", {"json": {"model": "tiny", "prompt": "hi",
+                                                                  "max_tokens": "lots"}}),
+    ("temperature of the wrong type", "/v1/completions", {"json": {"model": "tiny", "prompt": "hi",
+                                                                   "temperature": {"hot": True}}}),
+    ("prompt of the wrong type", "/v1/completions", {"json": {"model": "tiny", "prompt": {"text": "hi"}}}),
+    ("negative max_tokens", "/v1/completions", {"json": {"model": "tiny", "prompt": "hi", "max_tokens": -5}}),
+    ("messages not a list", "/v1/chat/completions", {"json": {"model": "tiny", "messages": "hello"}}),
+    ("unknown model", "/v1/completions", {"json": {"model": "nope", "prompt": "hi", "max_tokens": 2}}),
+]
+
+
+@pytest.mark.timeout(300)
+def test_bad_input_is_a_4xx_and_the_server_stays_up(server):
+    base, limit = server.base, server.max_model_len
+    cases = list(BAD_REQUESTS) + [
+        ("prompt longer than max_model_len = KV capacity", "/v1/completions",
+         {"json": {"model": "tiny", "prompt": [100] * (limit + 5), "max_tokens": 2}}),
+        ("prompt + max_tokens beyond max_model_len", "/v1/completions",
+         {"json": {"model": "tiny", "prompt": [100] * (limit - 4), "max_tokens": 50}}),
+        ("prompt longer than the model's 8192 positions", "/v1/completions",
+         {"json": {"model": "tiny", "prompt": [100] * 9000, "max_tokens": 2}}),
+        ("streamed prompt longer than the KV capacity", "/v1/completions",
+         {"json": {"model": "tiny", "prompt": [100] * (limit + 5), "max_tokens": 2, "stream": True}}),
+    ]
+    statuses = {}
+    for name, path, kwargs in cases:
+        headers = {**AUTH, **kwargs.pop("headers", {})}
+        r = requests.post(f"{base}{path}", headers=headers, timeout=60, **kwargs)
+        statuses[name] = r.status_code
+        assert 400 <= r.status_code < 500, f"{name}: HTTP {r.status_code} {r.text[:300]}"
+        body = r.json()
+        message = json.dumps(body)
+        assert len(message) > 20 and ("message" in message or "detail" in message), f"{name}: {message}"
+        assert requests.get(f"{base}/health", timeout=10).status_code == 200, f"server unhealthy after {name}"
+    report(test="bad input", max_model_len=limit, statuses=statuses)
+    t_alone, t_together = _check_same_as_alone(base, _bodies(8, seed=11))  # a load run afterwards still passes
+    report(test="load after bad input", requests=8, wall_s_concurrent=round(t_together, 2))
+
+
+@pytest.mark.timeout(120)
+def test_api_key_is_enforced_with_the_helix_worker(server):
+    body = {"model": "tiny", "prompt": "Hello", "max_tokens": 2, "temperature": 0}
+    assert requests.post(f"{server.base}/v1/completions", json=body, timeout=30).status_code == 401
+    wrong = {"Authorization": "Bearer not-the-key"}
+    assert requests.post(f"{server.base}/v1/completions", json=body, headers=wrong, timeout=30).status_code == 401
+    assert requests.get(f"{server.base}/v1/models", timeout=30).status_code == 401
+    r = requests.post(f"{server.base}/v1/completions", json=body, headers=AUTH, timeout=60)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["choices"][0]["text"]) > 0
+    assert requests.get(f"{server.base}/health", timeout=10).status_code == 200  # health stays open, as in vLLM
+
+
+@pytest.mark.timeout(60)
+def test_demo_binds_loopback_by_default():
+    import argparse
+
+    from vllm_helix import demo_server
+
+    args = argparse.Namespace(host="127.0.0.1", port=8000, dtype="bfloat16", max_model_len=8192, max_num_seqs=16,
+                              stock=False, tp=3, dcp=3)
+    cmd = demo_server.build_command("/m", args, [])
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    assert "0.0.0.0" not in cmd
+    source = open(demo_server.__file__).read()  # the CLI default, without building the demo model
+    assert 'p.add_argument("--host", default="127.0.0.1")' in source
+
+
+@pytest.mark.timeout(420)
+def test_killed_rank_is_reported_within_30s_without_orphans(tiny_chat):
+    with tracked_server(tiny_chat, SERVER_ARGS + ["--max-model-len", "4096"], ranks=2) as srv:
+        warm = stream_completion(srv.base, {"model": "tiny", "prompt": "Hello", "max_tokens": 4})
+        assert warm.error is None, warm.error
+        srv.snapshot()
+        workers = worker_processes(srv.proc.pid)
+        assert len(workers) == 2, [w.cmdline() for w in workers]
+        started = threading.Event()
+        box = {}
+
+        def consume():
+            box["result"] = stream_completion(srv.base, {"model": "tiny", "prompt": "Once upon a time",
+                                                         "max_tokens": 3000, "ignore_eos": True, "temperature": 0},
+                                              read_timeout=60,
+                                              on_chunk=lambda r: r.chunks >= 5 and started.set())
+
+        reader = threading.Thread(target=consume, daemon=True)
+        reader.start()
+        assert started.wait(120), "the stream did not start"
+        victim = workers[-1]
+        t_kill = time.monotonic()
+        os.kill(victim.pid, signal.SIGKILL)
+        t_unhealthy = None
+        while time.monotonic() - t_kill < 45 and (t_unhealthy is None or reader.is_alive()):
+            if t_unhealthy is None:
+                try:
+                    if requests.get(f"{srv.base}/health", timeout=2).status_code != 200:
+                        t_unhealthy = time.monotonic()
+                except requests.RequestException:
+                    t_unhealthy = time.monotonic()
+            time.sleep(0.25)
+        reader.join(5)
+        assert not reader.is_alive(), "the stream was still open 45 s after a rank was killed"
+        result = box["result"]
+        t_stream = result.ended_at - t_kill
+        assert not result.done or result.error, "the stream ended as if nothing had happened"
+        assert t_stream <= 30, f"stream ended {t_stream:.1f} s after the kill"
+        assert t_unhealthy is not None and t_unhealthy - t_kill <= 30, "/health stayed 200 for 30 s"
+        t_new = time.monotonic()
+        try:
+            status = requests.post(f"{srv.base}/v1/completions", json={"model": "tiny", "prompt": "x",
+                                                                      "max_tokens": 2}, timeout=30).status_code
+        except requests.RequestException as e:
+            status = type(e).__name__
+        t_new = time.monotonic() - t_new
+        assert status != 200
+        exited_by_itself = srv.proc.poll() is not None
+        if not exited_by_itself:  # what a supervisor does: SIGTERM to the server process only
+            srv.proc.send_signal(signal.SIGTERM)
+        t_term = time.monotonic()
+        try:
+            srv.proc.wait(30)
+        except Exception:  # noqa: BLE001
+            pass
+        deadline = time.monotonic() + 15
+        while group_processes(srv.proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.25)
+        orphans = [" ".join(p.cmdline())[:80] for p in group_processes(srv.proc.pid)]
+        t_gone = time.monotonic() - t_term
+        report(test="rank killed mid-stream", stream_end_s=round(t_stream, 2),
+               health_non_200_s=round(t_unhealthy - t_kill, 2), new_request_status=status,
+               new_request_s=round(t_new, 2), server_exited_by_itself=exited_by_itself,
+               chunks_before_end=result.chunks, stream_error=(result.error or "")[:200],
+               shutdown_s=round(t_gone, 2), orphans=orphans, server_exit_code=srv.proc.returncode)
+        assert srv.proc.poll() is not None, "the server did not exit within 30 s of SIGTERM"
+        assert not orphans, f"orphan processes after the server exited: {orphans}"
+    assert not srv.leftover_pids, srv.leftover_pids
+    assert not srv.leftover_shm, f"/dev/shm files left by the server: {srv.leftover_shm}"
