@@ -15,10 +15,16 @@ vLLM's values into a `HelixSetup`:
 3. `vllm.config.model.ModelConfig.verify_with_parallel_config` — vLLM's DCP only allows `-dcp` ≤ TP / KV heads
    (its query all-gather design needs TPA ≥ K). Helix computes Q, K, V per TPA shard itself, so for the Helix
    worker the original runs with DCP hidden (every other check still runs) after Helix's grid check.
+4. `vllm.distributed.device_communicators.cpu_communicator._CPUSHMDistributed._init_cpu_shm` (CPU only, and only
+   in a Helix worker process): vLLM's CPU shared-memory all-reduce leaves its `/dev/shm/<ident>-tp:0-[...]-cpushm_<r>`
+   segments behind on every exit (graceful or a killed rank). Once every rank has joined (the original ends with a
+   barrier) the names are no longer needed — the mappings stay valid — so Helix unlinks them right away and nothing
+   is left in /dev/shm whatever way the server ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -132,6 +138,32 @@ def _helix_verify_with_parallel_config(original):
     return verify_with_parallel_config
 
 
+def _helix_init_cpu_shm(original):
+    @functools.wraps(original)
+    def _init_cpu_shm(self, *args, **kwargs):
+        handle = original(self, *args, **kwargs)  # every rank of the group has joined every segment by now
+        from vllm_helix.runtime import has_runtime
+
+        if has_runtime():
+            unlink_shm_segments(self.group_name)
+        return handle
+
+    _init_cpu_shm.__helix_patched__ = True
+    return _init_cpu_shm
+
+
+def unlink_shm_segments(group_name: str, shm_dir: str = "/dev/shm") -> list[str]:
+    """Remove the names `<group_name>_<rank>` of a joined CPU shm group (the memory lives on while mapped)."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for name in os.listdir(shm_dir):
+            if name.startswith(group_name + "_") and name[len(group_name) + 1:].isdigit():
+                with contextlib.suppress(FileNotFoundError):  # a peer rank may have removed it first
+                    os.unlink(os.path.join(shm_dir, name))
+                    removed.append(name)
+    return removed
+
+
 def apply() -> None:
     """Install the wrappers once per process (idempotent)."""
     global _APPLIED
@@ -148,4 +180,10 @@ def apply() -> None:
         VllmConfig.__post_init__ = _helix_vllm_config_post_init(VllmConfig.__post_init__)
     if not getattr(EngineArgs.create_engine_config, "__helix_patched__", False):
         EngineArgs.create_engine_config = _helix_create_engine_config(EngineArgs.create_engine_config)
+    try:
+        from vllm.distributed.device_communicators.cpu_communicator import _CPUSHMDistributed
+    except ImportError:  # another vLLM layout: nothing to tidy
+        _CPUSHMDistributed = None
+    if _CPUSHMDistributed is not None and not getattr(_CPUSHMDistributed._init_cpu_shm, "__helix_patched__", False):
+        _CPUSHMDistributed._init_cpu_shm = _helix_init_cpu_shm(_CPUSHMDistributed._init_cpu_shm)
     _APPLIED = True

@@ -20,11 +20,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_engine(spec: dict, timeout: float = 420.0) -> dict:
+def run_engine(spec: dict, timeout: float = 420.0, env_extra: dict | None = None) -> dict:
     from vllm_helix.cpu_setup import cpu_env
 
     ranks = spec["llm"].get("tensor_parallel_size", 1)
-    env = {**os.environ, **cpu_env(ranks), "PYTHONPATH": str(REPO)}
+    env = {**os.environ, **cpu_env(ranks), "PYTHONPATH": str(REPO), **(env_extra or {})}
     proc = subprocess.Popen([sys.executable, "-m", "tests.e2e.engine", json.dumps(spec)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
@@ -42,6 +42,14 @@ def run_engine(spec: dict, timeout: float = 420.0) -> dict:
     raise AssertionError(f"engine failed (exit {proc.returncode}):\n{out[-6000:]}")
 
 
+def attention_impl_classes(worker) -> list[str]:
+    """Run inside a worker (collective_rpc): the attention impl class of every attention layer."""
+    from vllm.model_executor.layers.attention import Attention
+
+    return sorted({f"{type(m.impl).__module__}.{type(m.impl).__name__}" for m in worker.model_runner.model.modules()
+                   if isinstance(m, Attention)})
+
+
 def _main(spec: dict) -> None:
     from vllm import LLM, SamplingParams
 
@@ -53,6 +61,8 @@ def _main(spec: dict) -> None:
               "texts": [o.outputs[0].text for o in outputs]}
     if spec.get("status"):
         result["status"] = llm.collective_rpc("helix_status")
+    if spec.get("impl_classes"):
+        result["impl_classes"] = llm.collective_rpc(attention_impl_classes)
     for phase in spec.get("phases", []):  # further generate calls on the same engine, e.g. after a knob change
         if "configure" in phase:
             llm.collective_rpc("helix_configure", kwargs=phase["configure"])
