@@ -37,7 +37,9 @@ def test_plan_smollm2_cpu_runnable(capsys):
                       "--gpus", "3", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     argv = shlex.split(out["command"])
-    assert argv[:3] == ["vllm", "serve", "HuggingFaceTB/SmolLM2-135M-Instruct"]
+    assert argv[:3] == ["vllm", "serve", "$(vllm-helix", "demo-model", "--quiet)"][:3]  # the embedded checkpoint
+    assert out["command"].startswith("vllm serve $(vllm-helix demo-model --quiet) ")
+    argv = ["vllm", "serve", "MODEL"] + argv[5:]
     assert argv[argv.index("--worker-cls") + 1] == "vllm_helix.Worker"
     tp, dcp = int(argv[argv.index("-tp") + 1]), int(argv[argv.index("-dcp") + 1])
     assert tp == 3 and tp % dcp == 0 and 3 % (tp // dcp) == 0  # N = KVP·TPA, TPA | K = 3

@@ -48,6 +48,8 @@ def _describe(e: Estimate) -> dict:
 def serve_command(model_id: str, e: Estimate, context: int, hardware: str) -> tuple[dict, str]:
     """(environment, ``vllm serve`` line) that runs the Helix grid of ``e``."""
     g = e.grid
+    if model_id == "HuggingFaceTB/SmolLM2-135M-Instruct" and hardware == "cpu":
+        model_id = "$(vllm-helix demo-model --quiet)"  # the embedded checkpoint: there is no hub here
     extra = json.dumps({"helix": {"hop_b": g.hop_b}})
     cmd = ["vllm", "serve", model_id, "--worker-cls", "vllm_helix.Worker", "-tp", str(g.n_gpus),
            "-dcp", str(g.kvp), "--additional-config", extra]
@@ -61,7 +63,7 @@ def serve_command(model_id: str, e: Estimate, context: int, hardware: str) -> tu
         env = {"VLLM_CPU_KVCACHE_SPACE": str(kv_gib),
                "VLLM_CPU_OMP_THREADS_BIND": "|".join(str(r % 2) for r in range(g.n_gpus)),
                "VLLM_HOST_IP": "127.0.0.1", "HF_HUB_OFFLINE": "1"}
-    return env, " ".join(shlex.quote(c) for c in cmd)
+    return env, " ".join(c if c.startswith("$(") else shlex.quote(c) for c in cmd)
 
 
 def _plan_parser() -> argparse.ArgumentParser:
