@@ -25,6 +25,8 @@ WORKER_CLASS_NAMES = ("vllm_helix.Worker", "vllm_helix.worker.Worker")
 SUPPORTED_ARCHITECTURES = (
     "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
 )
+# MLA models: no re-sharding, vLLM's MLA + DCP flow with the Helix MLA backend (`vllm_helix.attention.mla`).
+MLA_ARCHITECTURES = ("DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM")
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,14 @@ import torch
 
 __all__ = ["paged_partial_attention", "gather_local_kv", "local_key_positions"]
 
+_sdpa = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+
+# Per-block decode path: at most this many query rows (tokens × heads per KV head) per sequence; above it (prefill)
+# the visible keys are gathered into one contiguous run so that per-block outputs do not multiply the output size.
+_PER_BLOCK_MAX_ROWS = 64
+# Runs of consecutive blocks shorter than this on average are gathered instead of attended run by run.
+_MIN_AVG_RUN = 4
+
 
 def local_key_positions(num_local_tokens: int, unit: int, kvp_rank: int, kvp_size: int,
                         device: torch.device | None = None) -> torch.Tensor:
@@ -35,12 +43,83 @@ def local_key_positions(num_local_tokens: int, unit: int, kvp_rank: int, kvp_siz
     return (block * kvp_size + kvp_rank) * unit + offset  # (num_local_tokens,)
 
 
+def _global_pos(local_index: int, unit: int, kvp_rank: int, kvp_size: int) -> int:
+    return ((local_index // unit) * kvp_size + kvp_rank) * unit + local_index % unit
+
+
 def gather_local_kv(cache: torch.Tensor, block_row: torch.Tensor, num_tokens: int) -> torch.Tensor:
     """Contiguous (num_tokens, kv_heads, dim) view of one sequence's local KV from the paged cache."""
     block_size = cache.shape[1]
     num_blocks = (num_tokens + block_size - 1) // block_size
     blocks = cache.index_select(0, block_row[:num_blocks].long())  # (num_blocks, block_size, kv_heads, dim)
     return blocks.flatten(0, 1)[:num_tokens]
+
+
+def _dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+           hidden: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Explicit fp32 attention. q (kv_heads, L, D), k (n, kv_heads, D), v (n, kv_heads, Dv); `hidden` (L, n) bool,
+    True where the key is masked. → O (kv_heads, L, Dv) fp32, LSE (kv_heads, L) fp32 (−inf, O = 0 if no key)."""
+    s = torch.matmul(q.float(), k.float().permute(1, 2, 0)) * scale      # (kv_heads, L, n)
+    if hidden is not None:
+        s = s.masked_fill(hidden[None], float("-inf"))
+    m = s.amax(dim=-1, keepdim=True)
+    m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    p = torch.exp(s - m_safe)
+    denom = p.sum(dim=-1, keepdim=True)
+    o = torch.matmul(p, v.float().permute(1, 0, 2)) / denom.clamp_min(1e-30)
+    o = torch.where(denom > 0, o, torch.zeros_like(o))
+    return o, (m_safe + torch.log(denom)).squeeze(-1)
+
+
+def _merge(outs: list[torch.Tensor], lses: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact LSE merge of partial results over disjoint key sets. outs (P_i, kv_heads, L, Dv), lses (P_i, kv_heads,
+    L) → (kv_heads, L, Dv) fp32, (kv_heads, L) fp32."""
+    if len(outs) == 1 and outs[0].shape[0] == 1:
+        return outs[0][0].float(), lses[0][0]
+    o = torch.cat(outs) if len(outs) > 1 else outs[0]
+    lse = torch.cat(lses) if len(lses) > 1 else lses[0]
+    m = lse.amax(dim=0)                                                    # (kv_heads, L)
+    m = torch.where(m == float("-inf"), torch.zeros_like(m), m)
+    w = torch.exp(lse - m)                                                 # (P, kv_heads, L); 0 for empty pieces
+    denom = w.sum(dim=0)
+    merged = (w.unsqueeze(-1) * o).sum(dim=0) / denom.clamp_min(1e-30).unsqueeze(-1)
+    return merged, m + torch.log(denom)                                    # log 0 = −inf where no key at all
+
+
+def _runs(ids: list[int]) -> list[tuple[int, int]]:
+    """Maximal runs of consecutive block ids: [(start position in `ids`, length), ...]."""
+    runs, start = [], 0
+    for i in range(1, len(ids) + 1):
+        if i == len(ids) or ids[i] != ids[i - 1] + 1:
+            runs.append((start, i - start))
+            start = i
+    return runs
+
+
+def _visible_blocks(q3, kh, vh, ids, scale, outs, lses) -> None:
+    """Attend q3 (kv_heads, L, D) to the whole blocks `ids` of the head-major caches kh/vh (blocks, kv_heads,
+    block_size, D) with the CPU flash kernel, appending partial (O, LSE) to outs/lses. Consecutive block ids are
+    read in place (one kernel call per run, the blocks as the batch); fragmented tables or many query rows gather."""
+    if not ids:
+        return
+    kv_heads, rows, dim = q3.shape
+    runs = _runs(ids)
+    if rows <= _PER_BLOCK_MAX_ROWS and len(ids) >= _MIN_AVG_RUN * len(runs):
+        for start, length in runs:
+            b0 = ids[start]
+            o, lse = _sdpa(q3.unsqueeze(0).expand(length, kv_heads, rows, dim), kh[b0:b0 + length],
+                           vh[b0:b0 + length], scale=scale)[:2]
+            outs.append(o)
+            lses.append(lse)
+        return
+    idx = torch.tensor(ids, dtype=torch.long)
+    bs = kh.shape[2]
+    # (n, kv_heads, bs, D) → (1, kv_heads, n·bs, D)
+    k = kh.index_select(0, idx).transpose(0, 1).reshape(1, kv_heads, len(ids) * bs, -1)
+    v = vh.index_select(0, idx).transpose(0, 1).reshape(1, kv_heads, len(ids) * bs, -1)
+    o, lse = _sdpa(q3.unsqueeze(0), k, v, scale=scale)[:2]
+    outs.append(o)
+    lses.append(lse)
 
 
 def paged_partial_attention(
@@ -62,35 +141,75 @@ def paged_partial_attention(
     With `query_positions` given, key j is visible to query t iff global_pos(j) ≤ query_positions[t] (causal
     prefill/chunked prefill over a sharded cache); without it every local key is visible (decode). `interleave` is
     the round-robin unit in tokens (vLLM's `cp_kv_cache_interleave_size`; default: the cache block size).
+
+    CPU fast path: keys every query of a sequence sees (all of them in decode) go through
+    `aten._scaled_dot_product_flash_attention_for_cpu`, reading the paged cache in place — the block dimension is
+    the kernel's batch, so the vLLM CPU layout (blocks, kv_heads, block_size, D), passed here transposed, needs no
+    copy — and the per-block (O, LSE) are merged exactly. Only the blocks on a prefill chunk's causal diagonal take
+    the explicit masked fp32 path. Other devices, or a round-robin unit other than the block size, use the
+    explicit path throughout.
     """
-    num_tokens, heads, _ = query.shape
-    kv_heads, v_dim = key_cache.shape[2], value_cache.shape[3]
+    num_tokens, heads, head_dim = query.shape
+    num_blocks, block_size, kv_heads, v_dim = value_cache.shape
     group = heads // kv_heads
     out = torch.zeros(num_tokens, heads, v_dim, dtype=torch.float32, device=query.device)
     lse = torch.full((num_tokens, heads), float("-inf"), dtype=torch.float32, device=query.device)
-    unit = interleave or key_cache.shape[1]
+    unit = interleave or block_size
     starts = query_start_loc.tolist()
     lens = local_seq_lens.tolist()
+    fast = (query.device.type == "cpu" and unit == block_size and key_cache.stride(-1) == 1
+            and value_cache.stride(-1) == 1 and key_cache.dtype == value_cache.dtype
+            and head_dim == v_dim and key_cache.dtype in (torch.float32, torch.bfloat16, torch.float16))
+    kh, vh = key_cache.transpose(1, 2), value_cache.transpose(1, 2)      # (blocks, kv_heads, block_size, D)
+    qpos_all = query_positions.tolist() if (fast and query_positions is not None) else None
     for seq, n_kv in enumerate(lens):
         q0, q1 = starts[seq], starts[seq + 1]
         if n_kv == 0 or q1 == q0:
             continue
-        k = gather_local_kv(key_cache, block_table[seq], n_kv).float()    # (n_kv, kv_heads, head_dim)
-        v = gather_local_kv(value_cache, block_table[seq], n_kv).float()  # (n_kv, kv_heads, v_dim)
-        q = query[q0:q1].float().view(q1 - q0, kv_heads, group, -1)      # (nq, kv_heads, group, head_dim)
-        # scores: (kv_heads, nq·group, n_kv)
-        s = torch.matmul(q.permute(1, 0, 2, 3).reshape(kv_heads, -1, q.shape[-1]), k.permute(1, 2, 0)) * scale
-        if query_positions is not None:
-            kpos = local_key_positions(n_kv, unit, kvp_rank, kvp_size, query.device)  # (n_kv,)
-            qpos = query_positions[q0:q1].repeat_interleave(group)                         # (nq·group,)
-            s = s.masked_fill(kpos[None, None, :] > qpos[None, :, None], float("-inf"))
-        m = s.amax(dim=-1, keepdim=True)                                 # (kv_heads, nq·group, 1)
-        m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-        p = torch.exp(s - m_safe)
-        denom = p.sum(dim=-1, keepdim=True)
-        o = torch.matmul(p, v.permute(1, 0, 2)) / denom.clamp_min(1e-30)  # (kv_heads, nq·group, v_dim)
-        seq_lse = (m_safe + torch.log(denom)).squeeze(-1)                 # (kv_heads, nq·group); −inf if empty
-        o = torch.where(denom > 0, o, torch.zeros_like(o))
-        out[q0:q1] = o.view(kv_heads, q1 - q0, group, v_dim).permute(1, 0, 2, 3).reshape(q1 - q0, heads, v_dim)
-        lse[q0:q1] = seq_lse.view(kv_heads, q1 - q0, group).permute(1, 0, 2).reshape(q1 - q0, heads)
+        nq = q1 - q0
+        q = query[q0:q1].view(nq, kv_heads, group, head_dim).permute(1, 0, 2, 3).reshape(kv_heads, nq * group, -1)
+        if fast:
+            nb = (n_kv + block_size - 1) // block_size
+            ids = block_table[seq, :nb].tolist()
+            # local blocks [0, vis) are visible to every query of this sequence; the rest need the causal mask
+            if qpos_all is None or min(qpos_all[q0:q1]) >= _global_pos(n_kv - 1, unit, kvp_rank, kvp_size):
+                vis_tokens = n_kv
+            else:
+                qmin = min(qpos_all[q0:q1])
+                vis = 0
+                while vis < nb and _global_pos(min(vis * block_size + block_size, n_kv) - 1, unit, kvp_rank,
+                                               kvp_size) <= qmin:
+                    vis += 1
+                vis_tokens = min(vis * block_size, n_kv)
+            full = vis_tokens // block_size
+            outs, lses = [], []
+            qk = q if q.dtype == kh.dtype else q.to(kh.dtype)
+            _visible_blocks(qk, kh, vh, ids[:full], scale, outs, lses)
+            if full * block_size < vis_tokens:           # a visible partial last block
+                rem = vis_tokens - full * block_size
+                o, l_ = _sdpa(qk.unsqueeze(0), kh[ids[full]:ids[full] + 1, :, :rem],
+                              vh[ids[full]:ids[full] + 1, :, :rem], scale=scale)[:2]
+                outs.append(o)
+                lses.append(l_)
+            elif vis_tokens < n_kv:                      # the causal diagonal: explicit masked path
+                tail = block_table[seq, full:nb]
+                k = gather_local_kv(key_cache, tail, n_kv - vis_tokens)
+                v = gather_local_kv(value_cache, tail, n_kv - vis_tokens)
+                kpos = local_key_positions(n_kv, unit, kvp_rank, kvp_size, query.device)[vis_tokens:]
+                qpos = query_positions[q0:q1].repeat_interleave(group)
+                o, l_ = _dense(q, k, v, scale, kpos[None, :] > qpos[:, None])
+                outs.append(o.unsqueeze(0))
+                lses.append(l_.unsqueeze(0))
+            o, seq_lse = _merge(outs, lses)
+        else:
+            k = gather_local_kv(key_cache, block_table[seq], n_kv)    # (n_kv, kv_heads, head_dim)
+            v = gather_local_kv(value_cache, block_table[seq], n_kv)
+            hidden = None
+            if query_positions is not None:
+                kpos = local_key_positions(n_kv, unit, kvp_rank, kvp_size, query.device)
+                qpos = query_positions[q0:q1].repeat_interleave(group)
+                hidden = kpos[None, :] > qpos[:, None]
+            o, seq_lse = _dense(q, k, v, scale, hidden)
+        out[q0:q1] = o.view(kv_heads, nq, group, v_dim).permute(1, 0, 2, 3).reshape(nq, heads, v_dim)
+        lse[q0:q1] = seq_lse.view(kv_heads, nq, group).permute(1, 0, 2).reshape(nq, heads)
     return out.to(query.dtype), lse

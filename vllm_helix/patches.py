@@ -58,10 +58,12 @@ def setup_from_engine_args(args) -> HelixSetup:
 
 
 def setup_from_vllm_config(config, *, final_block_size: bool) -> HelixSetup:
-    """What a built `VllmConfig` says; the block size counts only once the platform has fixed it."""
+    """What a built `VllmConfig` says. The block size counts once the user or the platform has fixed it: the CPU
+    platform does in `check_and_update_config` (inside `VllmConfig.__post_init__`); CUDA only in the workers."""
     mc, pc, cc = config.model_config, config.parallel_config, config.cache_config
     text = mc.hf_text_config
-    block = cc.block_size if (final_block_size or cc.user_specified_block_size) else None
+    fixed = cc.user_specified_block_size or (final_block_size and _device() == "cpu")
+    block = cc.block_size if fixed and isinstance(cc.block_size, int) else None
     return HelixSetup(
         tensor_parallel_size=pc.tensor_parallel_size, decode_context_parallel_size=pc.decode_context_parallel_size,
         pipeline_parallel_size=pc.pipeline_parallel_size, data_parallel_size=pc.data_parallel_size,

@@ -8,24 +8,25 @@ platform, so stock vLLM is untouched. The platform is `CpuPlatform` in every res
 
 Why a platform plugin, and only that (vLLM 0.32 / Ray 2.60):
 
-* `CpuPlatform.ray_device_key` is "" (`vllm/platforms/interface.py` `Platform.ray_device_key`, not overridden in
-  `vllm/platforms/cpu.py`). `initialize_ray_cluster` (`v1/executor/ray_utils.py`) then raises
+* `CpuPlatform.ray_device_key` is "" (`Platform.ray_device_key` in `vllm/platforms/interface.py`, not
+  overridden in `vllm/platforms/cpu.py`). `initialize_ray_cluster` (`v1/executor/ray_utils.py`) then raises
   "current platform cpu does not support ray." in the engine, and so does
   `RayWorkerProc.get_node_and_physical_gpu_ids` (`v1/executor/ray_executor_v2.py`) in each worker actor.
 * A `vllm.general_plugins` hook is too late on the worker side: `RayExecutorV2._init_executor` calls
   `get_node_and_physical_gpu_ids` on the fresh actors before `WorkerProc.__init__`, which is where
-  `load_general_plugins` runs (`v1/worker/worker_base.py`). A `worker_process_setup_hook` in the actors' runtime
-  env does not run there either. Platform plugins are consulted by `resolve_current_platform_cls_qualname`
-  (`vllm/platforms/__init__.py`) on the first use of `current_platform` in every process, and an activated
-  out-of-tree plugin wins over the built-in CPU one.
-* The key must be "GPU": `ray.get_runtime_context().get_accelerator_ids()` knows only Ray's accelerator keys, so
-  a custom resource such as "vcpu" fails with KeyError. With "GPU" each actor gets ids like ["0"], which
+  `load_general_plugins` runs (`v1/worker/worker_base.py`). A `worker_process_setup_hook` in the actors'
+  runtime env does not run there either. Platform plugins are consulted by
+  `resolve_current_platform_cls_qualname` (`vllm/platforms/__init__.py`) on the first use of
+  `current_platform` in every process, and an activated out-of-tree plugin wins over the built-in CPU one.
+* The key must be "GPU": `ray.get_runtime_context().get_accelerator_ids()` knows only Ray's accelerator keys,
+  so a custom resource such as "vcpu" fails with KeyError. With "GPU" each actor gets ids like ["0"], which
   `Platform.device_control_id_to_physical_device_id` maps to ints as on CUDA; the CPU worker ignores them.
-  Thread binding still follows `VLLM_CPU_OMP_THREADS_BIND` and the local rank.
+  Thread binding still follows `VLLM_CPU_OMP_THREADS_BIND` and the local rank, so no other override is needed.
 
-The switch reaches the EngineCore and the worker actors because vLLM copies the launcher's Ray runtime env
-(`EngineArgs.create_engine_config` -> `parallel_config.ray_runtime_env`, `RayExecutorV2._build_runtime_env`):
-set it in the environment of the process that builds the engine (or in the `vllm-helix serve-ray` actor's env).
+Every vLLM process needs the switch, the worker actors included. `vllm-helix serve-ray` forwards it in the
+launcher actor's runtime env, which vLLM copies to its workers (`EngineArgs.create_engine_config` ->
+`parallel_config.ray_runtime_env` -> `RayExecutorV2._build_runtime_env`); a plain `vllm serve
+--distributed-executor-backend ray` needs it in the Ray nodes' environment (`VLLM_HELIX_CPU_RAY=1 ray start`).
 Do not set `VLLM_TARGET_DEVICE=cpu`: that selects the built-in CPU platform before any plugin is asked.
 If `VLLM_PLUGINS` is set, it must name `helix` (this entry point's name) for the switch to work.
 """

@@ -14,14 +14,13 @@ Kinds of problem (one line each in the error):
 | pipeline parallel       | --pipeline-parallel-size > 1                       | 1 (all ranks in -tp)                     |
 | data parallel           | --data-parallel-size > 1                           | 1 (one server per replica)               |
 | prefill context parallel| --prefill-context-parallel-size > 1                | 1 (-dcp shards the KV)                   |
-| architecture            | not in SUPPORTED_ARCHITECTURES                     | stock vLLM (no --worker-cls)             |
-| MLA                     | latent-KV attention                                | stock vLLM                               |
+| architecture            | not in SUPPORTED_ / MLA_ARCHITECTURES              | stock vLLM (no --worker-cls)             |
 | sliding window          | a window in the model config                       | --disable-sliding-window                 |
 | soft-cap / ALiBi        | attention logit soft-capping, ALiBi slopes         | stock vLLM                               |
 | KV cache dtype          | fp8 & co.                                          | --kv-cache-dtype auto                    |
 | quantization            | quantized checkpoints / --quantization             | an unquantized checkpoint                |
 | runner / model impl     | --runner pooling, --model-impl transformers        | --runner generate, --model-impl auto     |
-| block size              | not a multiple of 32 on CPU                        | --block-size 32/64/128                   |
+| block size              | not a multiple of 32 on CPU (non-MLA)              | --block-size 32/64/128                   |
 | interleave              | cp_kv_cache_interleave_size not dividing the block | unset (= block size) or a divisor        |
 | --additional-config     | unknown helix keys, bad values or types            | the listed keys and values               |
 | kernels                 | helix.kernels "triton" on CPU                      | "auto" or "torch"                        |
@@ -32,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from vllm_helix.config import SUPPORTED_ARCHITECTURES, HelixConfig
+from vllm_helix.config import MLA_ARCHITECTURES, SUPPORTED_ARCHITECTURES, HelixConfig
 from vllm_helix.grid import HelixConfigError, describe_working_grids, grid_problems
 
 SUPPORTED_KV_CACHE_DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -102,12 +101,14 @@ def _parallel(s: HelixSetup) -> list[str]:
 def _model(s: HelixSetup) -> list[str]:
     problems = []
     if s.architectures is not None:
-        bad = [a for a in s.architectures if a not in SUPPORTED_ARCHITECTURES]
+        supported = SUPPORTED_ARCHITECTURES + MLA_ARCHITECTURES
+        bad = [a for a in s.architectures if a not in supported]
         if bad or not s.architectures:
             problems.append(f"architecture {', '.join(bad) or '(none)'} is not supported by Helix yet (supported: "
-                            f"{', '.join(SUPPORTED_ARCHITECTURES)}); use one of those, {NO_HELIX}")
-    if s.use_mla:
-        problems.append(f"MLA (latent KV) attention is not supported by the Helix backend yet; {NO_HELIX}")
+                            f"{', '.join(supported)}); use one of those, {NO_HELIX}")
+        elif s.use_mla and not any(a in MLA_ARCHITECTURES for a in s.architectures):
+            problems.append(f"MLA attention in {', '.join(s.architectures)} is supported by Helix only for "
+                            f"{', '.join(MLA_ARCHITECTURES)}; {NO_HELIX}")
     if s.sliding_window is not None:
         problems.append(f"sliding-window attention (window {s.sliding_window}) is not supported by the Helix "
                         "backend; pass --disable-sliding-window (max_model_len is then capped to the window), "
@@ -137,7 +138,7 @@ def _cache(s: HelixSetup) -> list[str]:
     b, i = s.block_size, s.interleave
     if b is not None and b < 1:
         return problems + [f"--block-size {b} must be ≥ 1; use --block-size 32, 64 or 128"]
-    if b is not None and s.device == "cpu" and b % CPU_BLOCK_MULTIPLE:
+    if b is not None and s.device == "cpu" and not s.use_mla and b % CPU_BLOCK_MULTIPLE:  # MLA: any (vLLM uses 16)
         up = -(-b // CPU_BLOCK_MULTIPLE) * CPU_BLOCK_MULTIPLE
         problems.append(f"--block-size {b}: on CPU the Helix attention backend (like vLLM's CPU backend) needs a "
                         f"multiple of {CPU_BLOCK_MULTIPLE}; use --block-size {up} (or 64, 128)")

@@ -20,7 +20,7 @@ from tests.e2e.bad_models import make_tiny_gpt2, make_tiny_mistral_sliding
 from tests.e2e.engine import REPO
 from tests.e2e.proc_tools import group_processes
 from tests.e2e.server import free_port
-from tests.e2e.tiny_models import make_tiny_llama
+from tests.e2e.tiny_models import make_tiny_deepseek_v3, make_tiny_llama
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -37,6 +37,7 @@ def models(tmp_path_factory):
         "h12k3": str(make_tiny_llama(root / "h12k3", heads=12, kv_heads=3, head_dim=16, seed=5)),
         "gpt2": str(make_tiny_gpt2(root / "gpt2")),
         "mistral_sw": str(make_tiny_mistral_sliding(root / "mistral_sw")),
+        "deepseek": str(make_tiny_deepseek_v3(root / "deepseek", kv_lora_rank=96, rope_dim=32, nope_dim=16, v_dim=24)),
     }
 
 
@@ -124,10 +125,21 @@ def _run(cmd: list[str], ranks: int, timeout: float) -> tuple[int | str, str, fl
     return code, out, seconds, left
 
 
+def _valid(m: dict) -> list[tuple[str, dict]]:
+    """Configurations Helix runs: validation must let them through to the engine start."""
+    return [
+        ("valid: MQA -tp 2 -dcp 2, default block", _llm(m["mqa"])),
+        ("valid: interleave 16 in block 32", _llm(m["mqa"], block_size=32, cp_kv_cache_interleave_size=16)),
+        ("valid: SmolLM2 KVP 3 x TPA 1", _llm(_smollm2(), 3, 3)),
+        ("valid: sliding window disabled", _llm(m["mistral_sw"], max_model_len=64, disable_sliding_window=True)),
+        ("valid: DeepSeek MLA + EP", _llm(m["deepseek"], enable_expert_parallel=True)),
+    ]
+
+
 @pytest.mark.timeout(600)
 def test_offline_llm_fails_before_any_process_starts(models):
-    cases = _cases(models)
-    spec = [{"name": name, "llm": llm} for name, llm, _, _ in cases]
+    cases, valid = _cases(models), _valid(models)
+    spec = [{"name": name, "llm": llm} for name, llm, _, _ in cases] + [{"name": n, "llm": llm} for n, llm in valid]
     code, out, seconds, left = _run([sys.executable, "-m", "tests.e2e.config_child", json.dumps(spec)], 2, 540)
     assert code == 0, f"child exited {code}:\n{out[-4000:]}"
     assert not left
@@ -146,6 +158,8 @@ def test_offline_llm_fails_before_any_process_starts(models):
             assert fragment in case["message"], f"{name}: {fragment!r} not in {case['message']!r}"
         assert case["seconds"] < bound, f"{name}: took {case['seconds']} s"
         timings[name] = case["seconds"]
+    for name, _ in valid:  # validation passed: the child refused the engine-core start that comes next
+        assert results[name]["started"] == ["EngineCore"], f"{name}: {results[name]}"
     print("RELIABILITY " + json.dumps({"test": "invalid configs (offline LLM)", "cases": len(cases),
                                        "seconds_after_import": timings}), flush=True)
 

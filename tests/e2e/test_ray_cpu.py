@@ -1,16 +1,16 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The Helix worker under vLLM's Ray executor on CPU: same greedy tokens and KV split as under the mp executor.
+"""The Helix worker under vLLM's Ray executor on CPU: same greedy tokens and KV split as with the mp executor.
 
-The Ray run goes through the project's placement path, as `vllm-helix serve-ray` does, on a single-node Ray head
-started in a child process (own session, 127.0.0.1, no dashboard, 2 logical GPUs + 2 CPUs, its own temp dir):
-`placement.place(2, 2)` builds the placement group, `launch_serve` runs an offline `LLM(...,
+The Ray run takes the project's placement path, as `vllm-helix serve-ray` does, on a single-node Ray head
+started in a child process (own session, 127.0.0.1, no dashboard, 2 logical GPUs + 2 CPUs, own temp dir):
+`placement.place(2, 2)` builds the placement group and `launch_serve` runs an offline `LLM(...,
 distributed_executor_backend="ray")` in an actor on the launcher bundle, so vLLM reuses that group and
-`VLLM_RAY_BUNDLE_INDICES`. `VLLM_HELIX_CPU_RAY=1` is set only in that actor's runtime env (not in the Ray head's
-environment): the worker actors get it the way a real cluster gives it to them, by vLLM copying the runtime env.
-The mp reference is the same Helix engine (`-tp 2 -dcp 2`, tiny MQA model) with `distributed_executor_backend="mp"`.
+`VLLM_RAY_BUNDLE_INDICES`. `VLLM_HELIX_CPU_RAY=1` is set only in that actor's runtime env, not in the Ray
+head's environment: the worker actors get it as on a real cluster, by vLLM copying the runtime env.
+The mp reference is the same Helix engine (`-tp 2 -dcp 2`, tiny MQA model) with the mp executor.
 
-Afterwards every process left in the child's session is killed by PID, and the /dev/shm files its processes had
-mapped or open are removed. Run alone: `python -m pytest tests/e2e/test_ray_cpu.py -s`.
+Afterwards every process left in the child's session is killed by PID, and the /dev/shm files its processes
+had mapped or open are removed. Run alone: `python -m pytest tests/e2e/test_ray_cpu.py -s`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ RAY_TIMEOUT = 360.0
 SHM = "/dev/shm"
 
 
-# ---- quick checks: the switch -------------------------------------------------------------------------------
+# ---- quick checks: the switch -----------------------------------------------------------------------
 
 def test_platform_plugin_off_without_switch(monkeypatch):
     monkeypatch.delenv(ENV_SWITCH, raising=False)
@@ -67,7 +67,7 @@ def test_platform_plugin_registered_and_on_with_switch(monkeypatch):
 # ---- end to end -------------------------------------------------------------------------------------------
 
 def _actor_main() -> int:
-    """Runs inside the launcher actor (sys.argv = [name, engine spec JSON, output path]): the offline engine."""
+    """The offline engine, inside the launcher actor (sys.argv = [name, engine spec JSON, output path])."""
     import ray
     from vllm import LLM, SamplingParams
     from vllm.platforms import current_platform
@@ -81,12 +81,43 @@ def _actor_main() -> int:
     # while the engine lives, its worker actors hold every logical GPU of the head (one per rank)
     probe = {"platform": type(current_platform).__name__, "switch": os.environ.get(ENV_SWITCH),
              "backend": llm.llm_engine.vllm_config.parallel_config.distributed_executor_backend,
-             "free_gpus": ray.available_resources().get("GPU", 0.0), "node_ip": ray.util.get_node_ip_address()}
-    result = {"tokens": [list(o.outputs[0].token_ids) for o in outputs], "status": llm.collective_rpc("helix_status"),
-              "probe": probe, "engine_ready_s": ready}
+             "free_gpus": ray.available_resources().get("GPU", 0.0),
+             "node_ip": ray.util.get_node_ip_address()}
+    result = {"tokens": [list(o.outputs[0].token_ids) for o in outputs], "probe": probe,
+              "status": llm.collective_rpc("helix_status"), "engine_ready_s": ready}
     Path(out_path).write_text(json.dumps(result))
     del llm
     return 0
+
+
+def _start_ray_head(tmp: str, attempts: int = 3) -> None:
+    """`ray.init` a local head: 2 CPUs (launcher), 2 logical GPUs (ranks), 127.0.0.1, no dashboard.
+
+    Ray 2.60 waits a fixed 30 s for its raylet to register (`ray/_private/node.py`), which a loaded 2-core box
+    can miss: then kill that attempt's processes (by PID; its temp dir is in their command lines) and retry.
+    """
+    import psutil
+    import ray
+
+    for attempt in range(attempts):
+        temp_dir = os.path.join(tmp, str(attempt))
+        try:
+            ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, object_store_memory=100 * 2**20,
+                     _temp_dir=temp_dir, log_to_driver=True)
+            return
+        except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception here
+            if "timed out during startup" not in str(e) or attempt == attempts - 1:
+                raise
+            print(f"Ray head start attempt {attempt + 1} timed out; retrying", flush=True)
+            ray.shutdown()
+            doomed = []
+            for p in psutil.Process().children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    if temp_dir in " ".join(p.cmdline()):  # gcs_server, raylet, agents; then their workers
+                        doomed += [p, *p.children(recursive=True)]
+            for p in doomed:
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
 
 
 def _driver_main(spec: dict) -> int:
@@ -96,8 +127,7 @@ def _driver_main(spec: dict) -> int:
     from tests.e2e.test_ray_cpu import _actor_main as actor_main  # by module name, so Ray pickles a reference
     from vllm_helix.placement.ray_adapter import launch_serve, place
 
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, object_store_memory=100 * 2**20,
-             _temp_dir=spec["ray_tmp"], log_to_driver=True)
+    _start_ray_head(spec["ray_tmp"])
     try:
         placement = place(2, 2, timeout_s=60)
         try:
@@ -153,10 +183,10 @@ def _run_under_ray(engine_spec: dict, tmp_path: Path) -> tuple[dict, float]:
             time.sleep(2)
     finally:
         with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)  # lets ray.shutdown() run if it is still up
+            proc.send_signal(signal.SIGTERM)  # the driver's handler exits through its finally: ray.shutdown()
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=20)
-        for _ in range(3):  # Ray's and vLLM's processes stay in the child's session: kill what is left, by PID
+        for _ in range(3):  # Ray's and vLLM's processes stay in the child's session: kill leftovers by PID
             left = _session_pids(proc.pid)
             if not left:
                 break
@@ -168,9 +198,13 @@ def _run_under_ray(engine_spec: dict, tmp_path: Path) -> tuple[dict, float]:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-        for name in shm_seen:
+        removed = []
+        for name in sorted(shm_seen):  # only files the child's own processes had mapped or open
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(SHM, name))
+                removed.append(name)
+        if removed:
+            print(f"\n[ray-cpu] removed leftover /dev/shm files: {removed}")
         shutil.rmtree(ray_tmp, ignore_errors=True)
     elapsed = time.monotonic() - t0
     log_tail = log_path.read_text(errors="replace")[-6000:]
@@ -188,13 +222,14 @@ def _kv_split(status: list[dict]) -> list[tuple]:
 def test_helix_under_ray_matches_mp(tiny_models, tmp_path):
     pytest.importorskip("ray")
     prompts = prompt_ids(31, PROMPT_LENGTHS)
-    spec = {"llm": llm_args(tiny_models["mqa"], 2, 2, helix=True), "prompts": prompts, "max_tokens": NEW_TOKENS}
+    llm = llm_args(tiny_models["mqa"], 2, 2, helix=True)
+    spec = {"prompts": prompts, "max_tokens": NEW_TOKENS}
 
     t0 = time.monotonic()
-    mp = run_engine({**spec, "llm": {**spec["llm"], "distributed_executor_backend": "mp"}, "status": True})
+    mp = run_engine({**spec, "llm": {**llm, "distributed_executor_backend": "mp"}, "status": True})
     mp_s = time.monotonic() - t0
-    ray_result, ray_s = _run_under_ray({**spec, "llm": {**spec["llm"], "distributed_executor_backend": "ray"}},
-                                       tmp_path)
+    ray_spec = {**spec, "llm": {**llm, "distributed_executor_backend": "ray"}}
+    ray_result, ray_s = _run_under_ray(ray_spec, tmp_path)
     print(f"\n[ray-cpu] mp run {mp_s:.0f}s, Ray run {ray_s:.0f}s (engine ready after "
           f"{ray_result['engine_ready_s']:.0f}s inside the actor)")
 
@@ -209,4 +244,5 @@ def test_helix_under_ray_matches_mp(tiny_models, tmp_path):
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     raise SystemExit(_driver_main(json.loads(sys.argv[1])))

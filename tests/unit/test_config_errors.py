@@ -7,7 +7,7 @@ import types
 import pytest
 
 from vllm_helix import patches
-from vllm_helix.config import SUPPORTED_ARCHITECTURES, HelixConfig
+from vllm_helix.config import MLA_ARCHITECTURES, SUPPORTED_ARCHITECTURES, HelixConfig
 from vllm_helix.grid import HelixConfigError
 from vllm_helix.validation import HelixSetup, setup_problems, validate_setup
 
@@ -36,6 +36,9 @@ def error_of(s: HelixSetup) -> str:
     setup(additional_config={"helix": {"kernels": "triton"}}, device="cuda", block_size=16),
     setup(additional_config={"other_plugin": 1}), setup(additional_config=None),
     HelixSetup(4, 2),  # model not read yet: only the grid arithmetic is checked
+    # DeepSeek MLA: latent KV counts as 1 KV head; vLLM's CPU platform picks block 16, which the Helix MLA backend runs
+    setup(2, 2, dict(num_heads=16, num_kv_heads=16, architectures=("DeepseekV3ForCausalLM",)), use_mla=True,
+          block_size=16),
 ])
 def test_configurations_that_work_pass(s):
     assert setup_problems(s) == []
@@ -65,7 +68,8 @@ INVALID = [
      ["architecture GPT2LMHeadModel is not supported", "LlamaForCausalLM", "drop --worker-cls vllm_helix.Worker"]),
     ("no architecture", setup(model=dict(num_heads=8, num_kv_heads=1, architectures=())),
      ["architecture (none) is not supported"]),
-    ("MLA", setup(use_mla=True), ["MLA", "stock vLLM"]),
+    ("MLA outside the DeepSeek models", setup(use_mla=True),
+     ["MLA attention in LlamaForCausalLM is supported by Helix only for DeepseekV2ForCausalLM", "stock vLLM"]),
     ("sliding window", setup(sliding_window=4096), ["sliding-window attention (window 4096)",
                                                    "--disable-sliding-window"]),
     ("attention soft-cap", setup(attn_softcap=50.0), ["soft-capping (50.0)", "stock vLLM"]),
@@ -127,6 +131,7 @@ def test_every_problem_is_listed_at_once():
 
 def test_supported_architectures_are_the_model_surgery_ones():
     assert "LlamaForCausalLM" in SUPPORTED_ARCHITECTURES and "Qwen3ForCausalLM" in SUPPORTED_ARCHITECTURES
+    assert "DeepseekV3ForCausalLM" in MLA_ARCHITECTURES
 
 
 # ---- the patch wrappers: no-ops (the original called with the same arguments) unless the Helix worker is used ----
