@@ -27,16 +27,13 @@ from vllm.distributed import parallel_state
 from vllm.model_executor.layers.attention import Attention
 from vllm.model_executor.layers.linear import QKVParallelLinear, RowParallelLinear
 
+from vllm_helix.config import MLA_ARCHITECTURES, SUPPORTED_ARCHITECTURES
 from vllm_helix.grid import HelixConfigError
 from vllm_helix.runtime import HelixRuntime, get_runtime
 
-SUPPORTED_ARCHITECTURES = (
-    "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
-)
 # MLA models need no re-sharding: vLLM's MLAAttention + DCP (q_b_proj replicated over the KVP group, latent KV
 # sharded by DCP, LSE combine to H/N heads, kv_b_proj/o_proj at TP = N) is the Helix split once the backend
 # returns an LSE — see vllm_helix.attention.mla.
-MLA_ARCHITECTURES = ("DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM")
 
 
 @contextlib.contextmanager

@@ -23,8 +23,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _shm_files() -> set[str]:
-    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+def _owned_shm_files(proc: subprocess.Popen) -> set[str]:
+    """/dev/shm files the server's own processes have open or mapped (never other programs' files)."""
+    from tests.e2e.proc_tools import group_processes, shm_files_of
+
+    with contextlib.suppress(Exception):
+        return shm_files_of([p.pid for p in group_processes(proc.pid)])
+    return set()
 
 
 @contextlib.contextmanager
@@ -37,7 +42,7 @@ def vllm_server(model: str, args: list[str], ranks: int = 1, timeout: float = 30
            **(env_extra or {})}
     vllm_cli = str(Path(sys.executable).with_name("vllm"))
     cmd = [vllm_cli, "serve", model, "--host", "127.0.0.1", "--port", str(port), *args]
-    shm_before = _shm_files()
+    owned: set[str] = set()
     log = open(REPO / f".pytest-vllm-serve-{port}.log", "w+")  # noqa: SIM115 — closed in finally
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
@@ -54,10 +59,12 @@ def vllm_server(model: str, args: list[str], ranks: int = 1, timeout: float = 30
                 log.seek(0)
                 raise AssertionError(f"vllm serve not healthy after {timeout}s:\n{log.read()[-5000:]}")
             time.sleep(1)
+        owned |= _owned_shm_files(proc)
         yield base, proc
     finally:
+        owned |= _owned_shm_files(proc)
         stop_process_group(proc)
-        for name in _shm_files() - shm_before:
+        for name in owned:
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join("/dev/shm", name))
         log.close()
