@@ -48,6 +48,7 @@ CONFIGS = {
     "helix_tp3_dcp3": {"tp": 3, "dcp": 3, "helix": True},
 }
 MODEL = dict(heads=8, kv_heads=1, head_dim=64, layers=4, intermediate=1024, vocab=1024)
+SMOLLM2 = dict(heads=9, kv_heads=3, head_dim=64, layers=30, intermediate=1536, vocab=49152)  # KVP 3 × TPA 1 grids
 
 
 def make_model(path: Path, max_len: int) -> Path:
@@ -135,7 +136,7 @@ def child(spec: dict) -> None:
     for ctx, batch in spec["cases"]:
         for rep in range(spec["reps"] if ctx <= spec["rep_max_context"] else 1):
             row = _run_batch(llm, eng, ctx, batch, spec["new_tokens"], chunk, cfg["helix"], f"{spec['config']}{rep}",
-                             MODEL["vocab"])
+                             spec.get("vocab", MODEL["vocab"]))
             row["rep"] = rep
             rows.append(row)
             print(f"[bench_decode] {spec['config']} {json.dumps(row)}", file=sys.stderr, flush=True)
@@ -145,14 +146,15 @@ def child(spec: dict) -> None:
 
 
 # ---------------------------------------------------------------- parent
-def run_config(spec: dict, kv_gib: int, timeout: float) -> dict:
+def run_config(spec: dict, kv_gib: int, timeout: float, log_dir: Path | None = None) -> dict:
     from vllm_helix.cpu_setup import cpu_env
 
     ranks = CONFIGS[spec["config"]]["tp"]
     env = {**os.environ, **cpu_env(ranks, kv_gib), "PYTHONPATH": str(REPO)}
     env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_gib)
+    log = open(log_dir / f"{spec['config']}.log", "w") if log_dir else None  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)], cwd=REPO,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, stdout=subprocess.PIPE, stderr=log or subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -166,6 +168,9 @@ def run_config(spec: dict, kv_gib: int, timeout: float) -> dict:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        if log:
+            log.close()
+            err = (log_dir / f"{spec['config']}.log").read_text()
     for line in reversed(out.splitlines()):
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
@@ -192,7 +197,7 @@ def copy_bandwidth(mib: int = 512, reps: int = 5) -> dict:
     return result
 
 
-def summarize(results: dict, bw: dict) -> dict:
+def summarize(results: dict, bw: dict, dims: dict = MODEL) -> dict:
     def tpot(cfg, ctx, batch):
         rows = [r for r in results.get(cfg, {}).get("rows", []) if r["context"] == ctx and r["batch"] == batch
                 and "tpot_ms" in r]
@@ -217,7 +222,7 @@ def summarize(results: dict, bw: dict) -> dict:
         table.append(entry)
     # bandwidth bound and per-rank KV for Helix KVP 2 at batch 1
     bound, kv = [], []
-    per_token = MODEL["kv_heads"] * MODEL["head_dim"] * 2 * 2  # K and V, bf16, one layer
+    per_token = dims["kv_heads"] * dims["head_dim"] * 2 * 2  # K and V, bf16, one layer (TPA = 1: all KV heads)
     for cfg in ("helix_tp2_dcp2", "helix_tp3_dcp3"):
         kvp = CONFIGS[cfg]["dcp"]
         for r in results.get(cfg, {}).get("rows", []):
@@ -256,14 +261,25 @@ def main() -> None:
     ap.add_argument("--rep-max-context", type=int, default=16384)
     ap.add_argument("--kv-gib", type=int, default=1)
     ap.add_argument("--model-dir", default="/tmp/vllm_helix_bench/mqa512")
+    ap.add_argument("--model", choices=["mqa", "smollm2"], default="mqa",
+                    help="smollm2: the embedded SmolLM2-135M (bf16, 9 heads / 3 KV heads, max 8K context) for "
+                         "--configs stock_tp3,helix_tp3_dcp3")
+    ap.add_argument("--log-dir", type=Path, default=None, help="write each engine's stderr to DIR/<config>.log")
     ap.add_argument("--timeout", type=float, default=1500)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(json.loads(args.child))
         return
-    max_len = max(args.contexts) + 256
-    model = make_model(Path(args.model_dir), max_len)
+    if args.model == "smollm2":
+        from vllm_helix.demo_model import ensure_demo_model
+
+        model, dims, max_len = ensure_demo_model("bfloat16", quiet=True), SMOLLM2, max(args.contexts)
+    else:
+        max_len = max(args.contexts) + 256
+        model, dims = make_model(Path(args.model_dir), max_len), MODEL
+    if args.log_dir:
+        args.log_dir.mkdir(parents=True, exist_ok=True)
     bw = copy_bandwidth()
     results, load_before = {}, os.getloadavg()
     for name in args.configs.split(","):
@@ -271,14 +287,16 @@ def main() -> None:
         cases = [(c, b) for c in args.contexts for b in args.batches
                  if c <= max_ctx and (b == 1 or c <= args.batch8_max_context)]
         spec = {"config": name, "model": str(model), "max_model_len": max_len, "cases": cases,
-                "new_tokens": args.new_tokens, "reps": args.reps, "rep_max_context": args.rep_max_context}
-        results[name] = run_config(spec, args.kv_gib, args.timeout)
+                "new_tokens": args.new_tokens, "reps": args.reps, "rep_max_context": args.rep_max_context,
+                "vocab": dims["vocab"]}
+        results[name] = run_config(spec, args.kv_gib, args.timeout, args.log_dir)
         print(f"[bench_decode] done {name} (load {os.getloadavg()})", file=sys.stderr, flush=True)
     print(json.dumps({
         "benchmark": "decode", "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
-        "model": MODEL, "dtype": "bfloat16", "copy_bandwidth": bw, "summary": summarize(results, bw),
+        "model": {"name": args.model, **dims}, "dtype": "bfloat16", "copy_bandwidth": bw,
+        "summary": summarize(results, bw, dims),
         "results": results}))
 
 

@@ -103,6 +103,9 @@ def _visible_blocks(q3, kh, vh, ids, scale, outs, lses) -> None:
     if not ids:
         return
     kv_heads, rows, dim = q3.shape
+    # every query sees every key here, so block order is irrelevant: sorting turns the descending ids vLLM hands
+    # out after blocks were freed (its free queue returns them in reverse) back into runs readable in place
+    ids = sorted(ids)
     runs = _runs(ids)
     if rows <= _PER_BLOCK_MAX_ROWS and len(ids) >= _MIN_AVG_RUN * len(runs):
         for start, length in runs:
@@ -120,6 +123,30 @@ def _visible_blocks(q3, kh, vh, ids, scale, outs, lses) -> None:
     o, lse = _sdpa(q3.unsqueeze(0), k, v, scale=scale)[:2]
     outs.append(o)
     lses.append(lse)
+
+
+def _diagonal(q3: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, blocks: torch.Tensor, n: int,
+              kpos: torch.Tensor, qpos: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys on a prefill chunk's causal diagonal: the first `n` tokens of `blocks`, at global positions `kpos` (n,),
+    for the queries at `qpos` (nq,). q3 (kv_heads, nq·group, D) in the cache dtype. One masked flash-kernel call with
+    the query heads as heads (K/V broadcast over each KV head's group, the mask over heads) →
+    O (kv_heads, nq·group, D) fp32, LSE (kv_heads, nq·group) with −inf, O = 0 for queries that see none of them."""
+    kv_heads, rows, dim = q3.shape
+    nq = qpos.shape[0]
+    group = rows // nq
+    k = gather_local_kv(key_cache, blocks, n).permute(1, 0, 2)          # (kv_heads, n, D)
+    v = gather_local_kv(value_cache, blocks, n).permute(1, 0, 2)
+    k = k.unsqueeze(1).expand(kv_heads, group, n, dim).reshape(1, kv_heads * group, n, dim)
+    v = v.unsqueeze(1).expand(kv_heads, group, n, -1).reshape(1, kv_heads * group, n, v.shape[-1])
+    q = q3.view(kv_heads, nq, group, dim).permute(0, 2, 1, 3).reshape(1, kv_heads * group, nq, dim)
+    hidden = kpos[None, :] > qpos[:, None]                               # (nq, n)
+    mask = torch.zeros(hidden.shape, dtype=q.dtype).masked_fill_(hidden, float("-inf"))
+    o, lse = _sdpa(q, k, v, attn_mask=mask, scale=scale)[:2]            # (1, H, nq, D), (1, H, nq)
+    none = hidden.all(dim=1)                                             # queries that see no key here
+    lse = lse.masked_fill(none[None, None, :], float("-inf"))
+    o = o.float().masked_fill(none[None, None, :, None], 0.0)
+    o = o.view(kv_heads, group, nq, -1).permute(0, 2, 1, 3).reshape(kv_heads, rows, -1)
+    return o, lse.view(kv_heads, group, nq).permute(0, 2, 1).reshape(kv_heads, rows)
 
 
 def paged_partial_attention(
@@ -145,9 +172,9 @@ def paged_partial_attention(
     CPU fast path: keys every query of a sequence sees (all of them in decode) go through
     `aten._scaled_dot_product_flash_attention_for_cpu`, reading the paged cache in place — the block dimension is
     the kernel's batch, so the vLLM CPU layout (blocks, kv_heads, block_size, D), passed here transposed, needs no
-    copy — and the per-block (O, LSE) are merged exactly. Only the blocks on a prefill chunk's causal diagonal take
-    the explicit masked fp32 path. Other devices, or a round-robin unit other than the block size, use the
-    explicit path throughout.
+    copy — and the per-block (O, LSE) are merged exactly. The blocks on a prefill chunk's causal diagonal go through
+    the same kernel with a mask. Other devices, or a round-robin unit other than the block size, use the explicit
+    fp32 path throughout.
     """
     num_tokens, heads, head_dim = query.shape
     num_blocks, block_size, kv_heads, v_dim = value_cache.shape
@@ -191,13 +218,10 @@ def paged_partial_attention(
                               vh[ids[full]:ids[full] + 1, :, :rem], scale=scale)[:2]
                 outs.append(o)
                 lses.append(l_)
-            elif vis_tokens < n_kv:                      # the causal diagonal: explicit masked path
-                tail = block_table[seq, full:nb]
-                k = gather_local_kv(key_cache, tail, n_kv - vis_tokens)
-                v = gather_local_kv(value_cache, tail, n_kv - vis_tokens)
-                kpos = local_key_positions(n_kv, unit, kvp_rank, kvp_size, query.device)[vis_tokens:]
-                qpos = query_positions[q0:q1].repeat_interleave(group)
-                o, l_ = _dense(q, k, v, scale, kpos[None, :] > qpos[:, None])
+            elif vis_tokens < n_kv:                      # the causal diagonal: masked flash kernel
+                o, l_ = _diagonal(qk, key_cache, value_cache, block_table[seq, full:nb], n_kv - vis_tokens,
+                                  local_key_positions(n_kv, unit, kvp_rank, kvp_size, query.device)[vis_tokens:],
+                                  query_positions[q0:q1], scale)
                 outs.append(o.unsqueeze(0))
                 lses.append(l_.unsqueeze(0))
             o, seq_lse = _merge(outs, lses)
