@@ -8,7 +8,7 @@ next slice's attention. Results are identical: slicing only changes which tokens
 
 Slices are contiguous runs of *requests*; decode requests are split into `num_slices` groups and any prefill
 requests travel as one further slice (they are few and long). Auto mode slices only when KVP > 1 and the batch
-holds at least two decode requests.
+holds enough decode requests: 2 on CUDA, 32 on CPU (see AUTO_MIN_DECODE_REQS).
 """
 
 from __future__ import annotations
@@ -24,11 +24,18 @@ from vllm_helix.kernels import dispatch
 from vllm_helix.partial_attention import paged_partial_attention
 
 AUTO_MAX_SLICES = 4
+# "auto" on CPU/gloo slices only batches of ≥ 32 decode requests: below that each extra all-to-all is pure gloo
+# latency on cores the attention also needs, and HOP-B measured 0.54–0.92× at batch 4–16 but 1.08–1.90× at batch
+# 64 (benchmarks/RESULTS.md §2). On CUDA the exchange has its own stream, so auto slices from 2 requests.
+AUTO_MIN_DECODE_REQS = {"cpu": 32}
 
 
-def plan_slices(num_reqs: int, num_decode_reqs: int, kvp: int, config: HelixConfig) -> list[tuple[int, int]]:
+def plan_slices(num_reqs: int, num_decode_reqs: int, kvp: int, config: HelixConfig,
+                auto_min_decode_reqs: int = 2) -> list[tuple[int, int]]:
     """Request ranges [(r0, r1), ...] covering 0..num_reqs, in order (pure)."""
     if config.hop_b is False or kvp == 1 or num_reqs <= 1:
+        return [(0, num_reqs)]
+    if config.hop_b == "auto" and num_decode_reqs < auto_min_decode_reqs:
         return [(0, num_reqs)]
     wanted = config.hop_b_slices or min(AUTO_MAX_SLICES, num_decode_reqs)
     decode_slices = max(1, min(wanted, num_decode_reqs))
@@ -56,7 +63,8 @@ def attend_and_exchange(query: torch.Tensor, key_cache: torch.Tensor, value_cach
                         rt) -> torch.Tensor:
     """query (tokens, H/TPA, D), caches (blocks, block_size, kv_heads, D) → exact (tokens, H/N, D)."""
     kvp = rt.grid.kvp
-    slices = plan_slices(md.num_reqs, md.num_decode_tokens, kvp, rt.config)
+    slices = plan_slices(md.num_reqs, md.num_decode_tokens, kvp, rt.config,
+                         AUTO_MIN_DECODE_REQS.get(query.device.type, 2))
     pending, exchange_seconds = [], 0.0
     for r0, r1 in slices:
         out, lse = _partial(query, key_cache, value_cache, md, r0, r1, scale, rt)  # (t, H/TPA, D), (t, H/TPA)

@@ -20,6 +20,10 @@ def test_plan_slices_cover_requests_in_order():
     assert plan_slices(8, 8, 2, cfg) == [(0, 2), (2, 4), (4, 6), (6, 8)]
     assert plan_slices(5, 3, 2, cfg) == [(0, 1), (1, 2), (2, 3), (3, 5)]  # prefills ride as one last slice
     assert plan_slices(64, 64, 4, HelixConfig(hop_b_slices=16))[-1] == (60, 64)
+    # auto on CPU waits for large decode batches; an explicit `true` always slices
+    assert plan_slices(8, 8, 2, cfg, auto_min_decode_reqs=32) == [(0, 8)]
+    assert len(plan_slices(8, 8, 2, HelixConfig(hop_b=True), auto_min_decode_reqs=32)) == 4
+    assert len(plan_slices(40, 40, 2, cfg, auto_min_decode_reqs=32)) == 4
     for n, d in [(7, 7), (9, 4), (3, 0)]:
         s = plan_slices(n, d, 2, cfg)
         assert s[0][0] == 0 and s[-1][1] == n and all(a[1] == b[0] for a, b in zip(s, s[1:]))
