@@ -24,11 +24,11 @@ from vllm_helix.sharding import local_lengths
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
-# Regression found in the last full-suite run of this session: both MLA cases passed when the MLA backend was
-# written (run with the pre-spawn validation lifted by hand), but with the validation and CPU-shm patches that
-# landed at the same time the Helix tokens differ from the reference (from the first token in the 96+32 case).
-# Not yet diagnosed; issue 6 stays open. Non-strict so that a fix shows up as XPASS.
-MLA_REGRESSION = pytest.mark.xfail(strict=False, reason="MLA token mismatch since the pre-spawn validation landed; "
+# Not stable yet: both cases passed when written and pass on a quiet machine (2 XPASS at the end of session 1), but
+# under heavy load they have failed with a token mismatch (in one run from the first token of the 96+32 case).
+# Cause not diagnosed: a timing-dependent path or the tiny random DeepSeek's flat logits. Issue 6 stays open;
+# non-strict so that either outcome is reported without blocking the suite.
+MLA_REGRESSION = pytest.mark.xfail(strict=False, reason="MLA tokens mismatch intermittently under load; "
                                    "see issue 6 notes")
 
 MLA_BLOCK = 16           # vLLM's CPU platform forces block_size 16 for MLA models
