@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,13 +13,8 @@ from pathlib import Path
 
 import requests
 
+from tests.conftest import free_port  # noqa: F401 — re-exported for the e2e helpers
 from tests.e2e.engine import REPO
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _owned_shm_files(proc: subprocess.Popen) -> set[str]:
