@@ -17,7 +17,6 @@ class HelixStats:
     exchange_seconds: float = 0.0
     exchanges: int = 0
     attention_seconds: float = 0.0
-    kv_tokens_written: int = 0
 
 
 @dataclass
@@ -34,9 +33,12 @@ class HelixRuntime:
     block_size: int = 0
 
     def track_kv_write(self, layer_name: str, slots, num_slots: int, block_size: int) -> None:
-        """Record the local slots written for the first attention layer (all layers write the same slots)."""
+        """Record the local slots written for the first attention layer (all layers write the same slots).
+        Off with `--additional-config '{"helix": {"metrics": false}}'` (then KV use reads as 0)."""
         import torch
 
+        if not self.config.metrics:
+            return
         if self.tracked_layer is None:
             self.tracked_layer = layer_name
         if layer_name != self.tracked_layer:
@@ -45,7 +47,6 @@ class HelixRuntime:
             self.slots_used = torch.zeros(num_slots, dtype=torch.bool)
             self.block_size = block_size
         self.slots_used[slots.to("cpu", torch.int64)] = True
-        self.stats.kv_tokens_written += int(slots.numel())
 
     def reset_stats(self) -> None:
         self.stats = HelixStats()
