@@ -32,6 +32,18 @@ def test_simulate_paper_json_fast(capsys):
         assert 0 <= ratios["hop_b_off_loss"] < 1
 
 
+def test_simulate_switches(capsys):
+    base = ["--paper", "--json"]
+    assert simulate_main(base) == 0
+    default = json.loads(capsys.readouterr().out)
+    assert simulate_main(base + ["--hop-b-off", "lockstep", "--wire-dtype", "fp4", "--mla-a2a", "latent"]) == 0
+    alt = json.loads(capsys.readouterr().out)
+    for name in default:
+        assert set(alt[name]) == KEYS
+        # Only the ablation's baseline changes with --hop-b-off: per-request exchanges cost more.
+        assert alt[name]["hop_b_off_loss"] > default[name]["hop_b_off_loss"]
+
+
 def test_plan_smollm2_cpu_runnable(capsys):
     assert plan_main(["--model", "smollm2-135m", "--hardware", "cpu", "--context", "4096", "--ttl-ms", "300",
                       "--gpus", "3", "--json"]) == 0

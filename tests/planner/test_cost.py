@@ -96,3 +96,52 @@ def test_model_shapes():
     assert 660e9 < DSR1.total_params() < 690e9
     assert DSR1.kv_elems(1) == 576
     assert 130e6 < SMOL.total_params() < 140e6
+
+
+def test_hop_b_reproduces_paper_fig3_worked_example():
+    # 8 requests, attention 2 units and exchange 1.2 units each, no fixed latency: lockstep 8·2 + 8·1.2 = 25.6,
+    # pipelined 2 + 1.2 + 7·2 = 17.2 (the paper's "≈ 8·2 + 1.2 ≈ 17").
+    from vllm_helix.planner.cost import hop_b_time
+
+    def a2a_of(f):
+        return 8 * 1.2 * f
+
+    assert hop_b_time(16.0, a2a_of, 8, enabled=False) == pytest.approx(25.6)
+    assert hop_b_time(16.0, a2a_of, 8, enabled=False, lockstep=True) == pytest.approx(25.6)
+    assert hop_b_time(16.0, a2a_of, 8, enabled=True) == pytest.approx(17.2)
+    # Exchange longer than compute: the pipeline is exchange-bound, 2 + 8·3 = 26 < 8·(2 + 3) = 40.
+    assert hop_b_time(16.0, lambda f: 24.0 * f, 8, enabled=True) == pytest.approx(26.0)
+
+
+@pytest.mark.parametrize("lockstep", [False, True])
+@pytest.mark.parametrize("name", ["llama-405b", "deepseek-r1"])
+def test_hop_b_off_never_faster_on_any_grid(name, lockstep):
+    from vllm_helix.planner.search import gpu_counts, sweep
+
+    hw = dataclasses.replace(HW, a2a_lockstep=lockstep)
+    pts = sweep(BUILTIN[name], hw, FP4, S, ("helix",), gpu_counts(64))
+    ttl = {e.grid: e.ttl_s for e in pts}
+    pairs = [(t, ttl[dataclasses.replace(g, hop_b=False)]) for g, t in ttl.items() if g.hop_b]
+    assert len(pairs) > 50
+    assert all(on <= off * (1 + 1e-12) for on, off in pairs)
+
+
+def test_lockstep_off_pays_one_latency_per_request():
+    g = helix(b=8, hop_b=False)
+    batched = estimate(LLAMA, HW, FP4, S, g)
+    lockstep = estimate(LLAMA, dataclasses.replace(HW, a2a_lockstep=True), FP4, S, g)
+    extra = LLAMA.n_layers * (g.batch - 1) * HW.coll_latency_s
+    assert lockstep.ttl_s - batched.ttl_s == pytest.approx(extra, rel=1e-9)
+
+
+def test_mla_exchange_payload_and_v_up_placement():
+    latent = dataclasses.replace(DSR1, mla_a2a_latent=True)
+    assert (DSR1.a2a_elems_per_head(), latent.a2a_elems_per_head()) == (128, 512)  # v_head default, latent
+    g = helix(n=64, b=64, kvp=64, tpa=1)
+    vh, lt = estimate(DSR1, HW, FP4, S, g), estimate(latent, HW, FP4, S, g)
+    assert lt.parts["a2a"] > vh.parts["a2a"]
+    # Latent: v_b_proj runs after the exchange at TP = N instead of on every KVP rank.
+    moved = DSR1.n_layers * DSR1.v_up_params(DSR1.n_heads) * (1 - 1 / 64) * FP4.weight_bytes
+    assert vh.mem["weights"] - lt.mem["weights"] == pytest.approx(moved, rel=1e-9)
+    tp = Grid("tp", 8, 8, tpa=8)  # baselines are untouched by the Helix exchange choice
+    assert estimate(DSR1, HW, FP4, S, tp).ttl_s == estimate(latent, HW, FP4, S, tp).ttl_s

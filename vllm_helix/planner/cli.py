@@ -149,19 +149,27 @@ def _simulate_parser() -> argparse.ArgumentParser:
     ap.add_argument("--plot", metavar="PNG", help="write the Pareto figure to this PNG")
     ap.add_argument("--hardware", default="gb200-nvl72", choices=sorted(PROFILES))
     ap.add_argument("--coll-latency-us", type=float, help="override the per-collective latency")
-    ap.add_argument("--mla-a2a", choices=("latent", "v_head"), default="latent",
-                    help="MLA all-to-all payload per head: kv_lora_rank latent (TensorRT-LLM) or v_head_dim")
+    ap.add_argument("--mla-a2a", choices=("v_head", "latent"), default="v_head",
+                    help="MLA all-to-all payload per head: v_head_dim output (default) or the kv_lora_rank "
+                    "latent with v_b_proj after the exchange (TensorRT-LLM)")
+    ap.add_argument("--wire-dtype", choices=("bf16", "fp8", "fp4"), default="bf16",
+                    help="dtype of activations and partial outputs in every collective (default bf16)")
+    ap.add_argument("--hop-b-off", choices=("batched", "lockstep"), default="batched",
+                    help="Helix without HOP-B: one all-to-all per batch (default) or one per request, "
+                    "not overlapped (the paper's Fig. 3 lockstep)")
     return ap
 
 
 def simulate_main(argv: list[str]) -> int:
     """Entry point of ``vllm-helix simulate``; returns the exit status."""
     args = _simulate_parser().parse_args(argv)
-    hw = get_hardware(args.hardware, args.coll_latency_us)
+    hw = dataclasses.replace(get_hardware(args.hardware, args.coll_latency_us),
+                             a2a_lockstep=args.hop_b_off == "lockstep")
     models = dict(BUILTIN)
     latent = args.mla_a2a == "latent"
     models["deepseek-r1"] = dataclasses.replace(models["deepseek-r1"], mla_a2a_latent=latent)
-    res = paper_experiment(hw, PRECISIONS["fp4"], models)
+    wire = {"bf16": 2.0, "fp8": 1.0, "fp4": 0.5}[args.wire_dtype]
+    res = paper_experiment(hw, dataclasses.replace(PRECISIONS["fp4"], comm_bytes=wire), models)
     ratios = {name: {k: round(v, 4) for k, v in r["headline"].items()} for name, r in res.items()}
     if args.plot:
         from .plot import plot_pareto  # matplotlib only when asked
@@ -172,7 +180,8 @@ def simulate_main(argv: list[str]) -> int:
         return 0
     paper = {"deepseek-r1": (1.5, 32.0, 0.01), "llama-405b": (1.13, 4.0, 0.12)}
     print(f"Helix paper experiment on {hw.name} (FP4, context 1M, 1-64 GPUs, collective latency "
-          f"{hw.coll_latency_s * 1e6:g} us)")
+          f"{hw.coll_latency_s * 1e6:g} us, wire {args.wire_dtype}, MLA a2a {args.mla_a2a}, HOP-B off "
+          f"{args.hop_b_off})")
     print(f"{'model':<12} {'metric':<30} {'ours':>8} {'vs TP':>8} {'paper':>8}")
     for name, r in res.items():
         for i, key in enumerate(("max_interactivity_gain", "throughput_gain_at_equal_ttl", "hop_b_off_loss")):

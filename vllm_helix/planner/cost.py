@@ -13,9 +13,12 @@ One decode step of a batch of B requests, each with S cached tokens, on N device
 
 Attention core bytes = b·(S/KVP)·kv_elems(k)·kv_bytes with k = ⌈K/TPA⌉ KV heads on the device (paper App. A:
 B·2·⌈K/TPA⌉·Hsz·S/KVP·bytes). FLOPs are 2 per weight per token and ``attn_flops_per_pos`` per query head per
-cached position. HOP-B splits the batch into c chunks (1 ≤ c ≤ B, best c chosen) and pipelines attention with
-the all-to-all: ``core/c + a2a(B/c) + (c-1)·max(core/c, a2a(B/c))`` (= Σ compute + last exchange when the
-exchange is shorter; c = 1 is HOP-B off). Strategies (``Grid.strategy``):
+cached position. The KVP combine exchanges, per token and local query head, the partial output (Hsz; MLA
+v_head_dim, or kv_lora_rank with ``mla_a2a_latent``) at ``comm_bytes`` each plus fp32 (max, sum). HOP-B
+(``hop_b_time``) splits the batch into c slices (best c ≤ B) and pipelines attention with the exchange:
+``core/c + a2a(B/c) + (c-1)·max(core/c, a2a(B/c))`` (Σ compute + last exchange when the exchange is shorter).
+HOP-B off is ``core + a2a(B)``: one all-to-all for the batch; ``Hardware.a2a_lockstep`` instead charges
+one exchange per request, ``core + B·a2a(1)`` (the paper's Fig. 3 reading). Strategies (``Grid.strategy``):
 
 - ``helix``: attention KVP×TPA = N (TPA ≤ K, K % TPA == 0, QKV weights replicated over KVP), one all-to-all of
   partial outputs + fp32 (max, sum) stats, O-projection TP = N + all-reduce, FFN TP = N (dense) or TPF×EP = N
@@ -149,12 +152,23 @@ def phase(hw: Hardware, p: Precision, nbytes: float, flops: float) -> float:
     return max(nbytes / (hw.mem_bw * hw.mem_eff), flops / (hw.flop_rate(p.math) * hw.flop_eff))
 
 
-def hop_b_time(core: float, a2a_of, batch: int, enabled: bool) -> float:
-    """Attention core + all-to-all, pipelined over c request chunks when ``enabled`` (best c ≤ B)."""
-    best = core + a2a_of(1.0)
+def hop_b_time(core: float, a2a_of, batch: int, enabled: bool, lockstep: bool = False) -> float:
+    """Attention core of ``batch`` requests plus their KVP all-to-all; ``a2a_of(f)`` costs the exchange of a
+    fraction f of the batch.
+
+    HOP-B on: c slices (c = 1, 2, 4, ... ≤ B, the best kept), each slice's exchange issued when its attention
+    ends, exchanges serialised on the communicator:
+
+        T_on(c) = core/c + a2a(B/c) + (c-1)·max(core/c, a2a(B/c))     (Σ compute + last exchange if shorter)
+
+    HOP-B off: ``core + a2a(B)``, one all-to-all for the whole batch (as TensorRT-LLM and vLLM DCP issue
+    it), or with ``lockstep`` one exchange per request, none overlapped: ``core + B·a2a(1/B)``. Paper
+    Fig. 3 (B = 8, compute 2 and exchange 1.2 per request, no fixed latency): off 8·2 + 8·1.2 = 25.6 either
+    way, on 2 + 1.2 + 7·2 = 17.2. With a fixed latency α the two off readings differ by (B-1)·α.
+    """
     if not enabled:
-        return best
-    c = 2
+        return core + (batch * a2a_of(1.0 / batch) if lockstep else a2a_of(1.0))
+    best, c = core + a2a_of(1.0), 2
     while c <= batch:
         comp, comm = core / c, a2a_of(1.0 / c)
         best = min(best, comp + comm + (c - 1) * max(comp, comm))
@@ -171,6 +185,15 @@ def _attn_layout(g: Grid, m: ModelSpec, s: int) -> tuple[int, int, int, int, int
         return m.n_heads, k, s, math.ceil(g.batch / g.n_gpus), 1
     b = g.batch // g.pp
     return m.n_heads // g.tpa, math.ceil(k / g.tpa), math.ceil(s / g.kvp), b, g.tpa
+
+
+def _attn_params(g: Grid, m: ModelSpec, q_loc: int, kv_loc: int) -> float:
+    """QKV (+ MLA up-projection) parameters on one device. Helix with an MLA latent exchange runs
+    ``v_b_proj`` after the all-to-all at TP = N (TensorRT-LLM): ``v_up(Q)/N`` instead of ``v_up(q_loc)``."""
+    params = m.qkv_params(q_loc, kv_loc)
+    if g.strategy == "helix" and m.is_mla and m.mla_a2a_latent:
+        params += m.v_up_params(m.n_heads) / g.n_gpus - m.v_up_params(q_loc)
+    return params
 
 
 def _moe_active(m: ModelSpec, local_experts: float, tokens: int) -> float:
@@ -201,13 +224,14 @@ def _ffn(g: Grid, m: ModelSpec, hw: Hardware, p: Precision, moe: bool, tokens: i
 def _layer(g: Grid, m: ModelSpec, hw: Hardware, p: Precision, s: int, moe: bool) -> dict:
     q_loc, kv_loc, s_loc, b_loc, o_w = _attn_layout(g, m, s)
     tokens = g.batch // g.pp  # tokens entering O-projection / FFN on one device (all but DP attention)
-    qkv = m.qkv_params(q_loc, kv_loc)
+    qkv = _attn_params(g, m, q_loc, kv_loc)
     t_qkv = phase(hw, p, qkv * p.weight_bytes, 2 * b_loc * qkv)
     kv_read = b_loc * s_loc * m.kv_elems(kv_loc) * p.kv_bytes
     core = phase(hw, p, kv_read, b_loc * q_loc * s_loc * m.attn_flops_per_pos())
     a2a_bytes = b_loc * q_loc * (m.a2a_elems_per_head() * p.comm_bytes + STATS_BYTES)
     if g.strategy in ("helix", "medha"):
-        attn = hop_b_time(core, lambda f: alltoall(hw, g.kvp, f * a2a_bytes), b_loc, g.hop_b)
+        a2a_of = lambda f: alltoall(hw, g.kvp, f * a2a_bytes)  # noqa: E731
+        attn = hop_b_time(core, a2a_of, b_loc, g.hop_b, hw.a2a_lockstep)
         a2a = attn - core
     else:
         attn, a2a = core, 0.0
@@ -229,8 +253,8 @@ def _memory(g: Grid, m: ModelSpec, p: Precision, s: int) -> dict:
     if m.is_moe:
         shared = m.n_shared_experts * m.expert_params / (1 if g.strategy == "ep" else w)
         moe = m.n_experts / g.ep * m.expert_params / g.tpf + shared + m.hidden * m.n_experts
-    params = layers * (m.qkv_params(q_loc, kv_loc) + m.o_params / o_w) + dense_l * m.dense_ffn_params / w
-    params += moe_l * moe + m.embed_params / w
+    params = layers * (_attn_params(g, m, q_loc, kv_loc) + m.o_params / o_w)
+    params += dense_l * m.dense_ffn_params / w + moe_l * moe + m.embed_params / w
     requests = math.ceil(g.batch / g.n_gpus) if g.strategy == "ep" else g.batch
     kv = requests * s_loc * m.kv_elems(kv_loc) * p.kv_bytes * layers
     act = 4 * g.batch * (m.hidden + max(m.ffn, m.moe_ffn * m.top_k) / w) * p.comm_bytes

@@ -15,6 +15,9 @@ Two constants are modelling choices, not specs, and are applied to every strateg
   and tree ``4.4 + 2·(n-1)·0.52`` = 11.7 us for an 8-GPU NVLink all-reduce). It is flat in n (NVLS / MNNVL
   one-shot kernels do not grow with n the way a ring does). ``docs/planner.md`` shows how the headline
   ratios move with it (``--coll-latency-us``).
+- ``a2a_lockstep`` (default off): how Helix without HOP-B issues its KVP all-to-all. Off: one collective for
+  the whole batch (``α + B·bytes/bw``), as TensorRT-LLM and vLLM DCP do. On: one per request, none
+  overlapped (``B·(α + bytes/bw)``), the literal reading of the paper's Fig. 3 (``--hop-b-off lockstep``).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class Hardware:
         default_dtype: weight/KV/math dtype the planner assumes by default.
         mem_eff: achievable fraction of ``mem_bw``.
         flop_eff: achievable fraction of ``flops``.
+        a2a_lockstep: without HOP-B, exchange per request instead of once per batch (see module docstring).
     """
 
     name: str
@@ -53,6 +57,7 @@ class Hardware:
     default_dtype: str = "fp8"
     mem_eff: float = MEM_EFF
     flop_eff: float = FLOP_EFF
+    a2a_lockstep: bool = False
 
     def __post_init__(self) -> None:
         if self.domain_size < 1 or self.hbm_bytes <= 0 or self.mem_bw <= 0 or self.link_bw <= 0:

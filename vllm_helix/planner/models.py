@@ -26,8 +26,10 @@ class ModelSpec:
         q_lora_rank, kv_lora_rank, qk_nope_dim, qk_rope_dim, v_head_dim: MLA shapes (``kv_lora_rank == 0``
             means GQA/MHA). ``q_lora_rank == 0`` means a plain Q projection.
         n_experts, n_shared_experts, top_k, moe_ffn, first_k_dense: MoE shapes (``n_experts == 0``: dense).
-        mla_a2a_latent: MLA all-to-all carries the ``kv_lora_rank`` latent per head (TensorRT-LLM) rather than
-            the ``v_head_dim`` output (after ``v_b_proj``).
+        mla_a2a_latent: MLA all-to-all carries the ``kv_lora_rank`` latent per head and ``v_b_proj`` runs
+            after it at TP = N (TensorRT-LLM), instead of the default ``v_head_dim`` output per head with
+            ``v_b_proj`` applied on every KVP rank before the exchange (the paper's "partial attention
+            outputs", volume ∝ B·H).
     """
 
     name: str
@@ -50,7 +52,7 @@ class ModelSpec:
     top_k: int = 0
     moe_ffn: int = 0
     first_k_dense: int = 0
-    mla_a2a_latent: bool = True
+    mla_a2a_latent: bool = False
 
     def __post_init__(self) -> None:
         if self.n_heads % max(self.n_kv_heads, 1):
@@ -110,6 +112,11 @@ class ModelSpec:
         """Output projection ``Q·Hv·H``."""
         return self.n_heads * (self.v_head_dim if self.is_mla else self.head_dim) * self.hidden
 
+    def v_up_params(self, q_local: int) -> int:
+        """MLA ``v_b_proj`` (the V half of ``kv_b``) for ``q_local`` heads, ``kv_lora·q·v``; 0 for GQA. Part
+        of ``qkv_params``; with a latent exchange it moves behind the all-to-all (``cost._attn_params``)."""
+        return self.kv_lora_rank * q_local * self.v_head_dim if self.is_mla else 0
+
     def attn_flops_per_pos(self) -> int:
         """FLOPs per query head per cached position: ``4·Hsz`` (QKᵀ + PV); MLA absorbed: ``2·(kv_lora+rope) +
         2·kv_lora``."""
@@ -118,9 +125,9 @@ class ModelSpec:
         return 4 * self.head_dim
 
     def a2a_elems_per_head(self) -> int:
-        """Helix all-to-all payload per token per query head: Hsz for GQA (H per token); for MLA
-        ``kv_lora_rank`` when ``mla_a2a_latent`` (TensorRT-LLM exchanges the latent before ``v_b_proj``: 9x H
-        per token for DeepSeek), else ``v_head_dim``."""
+        """Helix all-to-all payload per token per query head: Hsz for GQA (Q·Hsz = H per token); for MLA
+        ``v_head_dim`` (Q·Hv, 16,384 per token for DeepSeek, 2.3x H), or ``kv_lora_rank`` when
+        ``mla_a2a_latent`` (TensorRT-LLM exchanges the latent before ``v_b_proj``: 65,536 per token, 9x H)."""
         if not self.is_mla:
             return self.head_dim
         return self.kv_lora_rank if self.mla_a2a_latent else self.v_head_dim

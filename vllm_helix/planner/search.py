@@ -131,15 +131,16 @@ def best_under_ttl(points: Iterable[Estimate], ttl_s: float) -> Estimate | None:
 
 PAPER_MODELS = {"deepseek-r1": ("tp", "tp_pp", "ep"), "llama-405b": ("tp", "tp_pp", "medha")}
 PAPER_CONTEXT = 1 << 20
+PAPER_BATCHES = range(1, 4097)  # every batch size up to memory; a 1.5x-step grid quantises the ratios
 
 
 def paper_experiment(hw: Hardware, p: Precision, models: dict[str, ModelSpec]) -> dict[str, dict]:
-    """The paper's sweep: 1-64 GPUs, every strategy and batch, 1M context. Per model: the Helix (HOP-B on) and
-    per-baseline frontiers and the headline ratios. Medha is left out for DeepSeek-R1 as in the paper (with
-    MLA any TP > 1 duplicates the latent cache)."""
+    """The paper's sweep: 1-64 GPUs, every strategy and every batch size, 1M context. Per model: the Helix
+    (HOP-B on) and per-baseline frontiers and the headline ratios. Medha is left out for DeepSeek-R1 as in
+    the paper (with MLA any TP > 1 duplicates the latent cache)."""
     out = {}
     for name, bases in PAPER_MODELS.items():
-        pts = sweep(models[name], hw, p, PAPER_CONTEXT, ("helix",) + bases, gpu_counts(64))
+        pts = sweep(models[name], hw, p, PAPER_CONTEXT, ("helix",) + bases, gpu_counts(64), PAPER_BATCHES)
         helix = pareto(e for e in pts if e.grid.strategy == "helix" and e.grid.hop_b)
         fronts = {b: pareto(e for e in pts if e.grid.strategy == b) for b in bases}
         base = pareto(e for f in fronts.values() for e in f)
