@@ -88,13 +88,26 @@ def weight_bytes_by_module(model: torch.nn.Module, dtype_bytes: int) -> dict[str
     return sizes
 
 
+def _kv_elements_per_slot(model, kv_heads_per_rank: int) -> int:
+    """KV cache elements one token slot holds on this rank, summed over layers: 2·K_r·D per GQA layer (K and V
+    for the rank's K_r KV heads), C + R per MLA layer (the latent [c | k_pe], one "head")."""
+    total = 0
+    for m in model.modules():
+        if hasattr(m, "helix_out_heads"):
+            total += 2 * kv_heads_per_rank * m.head_size
+        elif type(m).__name__ == "MLAAttention":
+            total += m.kv_lora_rank + m.qk_rope_head_dim
+    return total
+
+
 class Worker(_PlatformWorker):
     def __init__(self, vllm_config, local_rank: int, rank: int, distributed_init_method: str,
                  is_driver_worker: bool = False) -> None:
         super().__init__(vllm_config, local_rank, rank, distributed_init_method, is_driver_worker)
         pc, cc, mc = vllm_config.parallel_config, vllm_config.cache_config, vllm_config.model_config
+        kv_heads = 1 if mc.use_mla else mc.get_total_num_kv_heads()  # MLA: one latent "head" [c | k_pe]
         grid = HelixGrid(pc.tensor_parallel_size, pc.decode_context_parallel_size,
-                         mc.model_arch_config.total_num_attention_heads, mc.get_total_num_kv_heads(), cc.block_size)
+                         mc.model_arch_config.total_num_attention_heads, kv_heads, cc.block_size)
         if grid.kvp > 1 and pc.cp_kv_cache_interleave_size == 1:
             pc.cp_kv_cache_interleave_size = cc.block_size  # Helix: round-robin by paged block
         config = HelixConfig.from_additional_config(vllm_config.additional_config)
@@ -128,10 +141,8 @@ class Worker(_PlatformWorker):
         t, k = rt.grid.coords(rt.rank)
         slots = int(rt.slots_used.sum()) if rt.slots_used is not None else 0
         model = self.model_runner.model
-        attn_layers = [m for m in model.modules() if hasattr(m, "helix_out_heads")]
-        head_dim = attn_layers[0].head_size if attn_layers else 0
         dtype_bytes = torch.empty(0, dtype=self.model_config.dtype).element_size()
-        kv_bytes = slots * 2 * rt.grid.kv_heads_per_tpa_rank * head_dim * dtype_bytes * len(attn_layers)
+        kv_bytes = slots * _kv_elements_per_slot(model, rt.grid.kv_heads_per_tpa_rank) * dtype_bytes
         weights = weight_bytes_by_module(model, dtype_bytes)
         qkv_bytes = sum(b for name, b in weights.items() if name.endswith("qkv_proj"))
         blocks = int(rt.slots_used.view(-1, rt.block_size).any(dim=1).sum()) if rt.slots_used is not None else 0

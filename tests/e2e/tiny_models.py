@@ -38,6 +38,11 @@ def make_tiny_llama(path: Path, *, heads: int = 8, kv_heads: int = 1, head_dim: 
     return path
 
 
+# DeepSeek-V3's rope_scaling, scaled down (factor 40 over 4,096 positions there).
+_DEEPSEEK_YARN = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 1024,
+                  "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0}
+
+
 def make_tiny_deepseek_v3(path: Path, *, heads: int = 8, hidden: int = 256, kv_lora_rank: int = 512,
                           rope_dim: int = 64, nope_dim: int = 32, v_dim: int = 32, q_lora_rank: int | None = 64,
                           layers: int = 2, first_dense: int = 1, experts: int = 8, experts_per_tok: int = 2,
@@ -47,7 +52,10 @@ def make_tiny_deepseek_v3(path: Path, *, heads: int = 8, hidden: int = 256, kv_l
     float32, written to `path` (idempotent). Layers < `first_dense` use a dense MLP, the rest MoE with one shared
     expert. The latent KV cache entry is kv_lora_rank + rope_dim wide (vLLM's stock CPU MLA kernel needs 576).
 
-    Weights use a large init range (0.08) so greedy logits have clear winners.
+    Weights use a large init range (0.08) so greedy logits have clear winners. RoPE is DeepSeek-V3's YaRN (vLLM's
+    `deepseek_yarn`, applied in torch): with plain RoPE vLLM 0.32's CPU `_C.rotary_embedding` rotates MLA's 3-D
+    query (tokens, heads, rope) as if each head were a token, so stock vLLM's output depends on how the scheduler
+    batched the prompts (docs/limits.md).
     """
     path = Path(path)
     if (path / "config.json").exists():
@@ -63,7 +71,7 @@ def make_tiny_deepseek_v3(path: Path, *, heads: int = 8, hidden: int = 256, kv_l
         first_k_dense_replace=first_dense, routed_scaling_factor=1.0, norm_topk_prob=True,
         kv_lora_rank=kv_lora_rank, q_lora_rank=q_lora_rank, qk_rope_head_dim=rope_dim, qk_nope_head_dim=nope_dim,
         v_head_dim=v_dim, max_position_embeddings=4096, initializer_range=0.08, tie_word_embeddings=False,
-        num_nextn_predict_layers=0, rope_parameters={"rope_theta": 10000.0, "rope_type": "default"})
+        num_nextn_predict_layers=0, rope_parameters=dict(_DEEPSEEK_YARN))
     model = transformers.DeepseekV3ForCausalLM(config)
     with torch.no_grad():  # small random router bias: exercises the noaux_tc bias-corrected selection
         for name, buf in model.named_buffers():
