@@ -6,7 +6,8 @@ process that is killed by PID afterwards):
 
   stock_tp2        stock vLLM -tp 2 (MQA: the single KV head is duplicated on both ranks)
   helix_tp2_dcp2   Helix -tp 2 -dcp 2 (KVP 2 × TPA 1: each rank holds half of the KV)
-  helix_tp2_dcp1   Helix -tp 2 -dcp 1 (KVP 1: the plugin's overhead at equal TP)
+  helix_tp2_dcp1   Helix -tp 2 -dcp 1 (KVP 1: the plugin's overhead at equal TP; vLLM's own attention)
+  helix_tp2_dcp2_gloo  as helix_tp2_dcp2 with the exchange over gloo instead of vLLM's CPU shared memory
 
 Model: a random tiny MQA Llama (hidden 512, 4 layers, 8 query heads, 1 KV head, head_dim 64, bf16) so that
 attention over the KV cache dominates a decode step at long context. Prompts are random token ids.
@@ -44,6 +45,7 @@ CONFIGS = {
     "stock_tp2": {"tp": 2, "dcp": 1, "helix": False},
     "helix_tp2_dcp2": {"tp": 2, "dcp": 2, "helix": True},
     "helix_tp2_dcp1": {"tp": 2, "dcp": 1, "helix": True},
+    "helix_tp2_dcp2_gloo": {"tp": 2, "dcp": 2, "helix": True, "exchange": "gloo"},
     "stock_tp3": {"tp": 3, "dcp": 1, "helix": False},
     "helix_tp3_dcp3": {"tp": 3, "dcp": 3, "helix": True},
 }
@@ -126,7 +128,8 @@ def child(spec: dict) -> None:
                 skip_tokenizer_init=True, enable_prefix_caching=False)
     if cfg["helix"]:
         args["worker_cls"] = "vllm_helix.Worker"
-        args["additional_config"] = {"helix": {"hop_b": spec.get("hop_b", "auto")}}
+        args["additional_config"] = {"helix": {"hop_b": spec.get("hop_b", "auto"),
+                                               "exchange": cfg.get("exchange", "auto")}}
     t0 = time.perf_counter()
     llm = LLM(**args)
     startup = time.perf_counter() - t0
@@ -211,9 +214,12 @@ def summarize(results: dict, bw: dict, dims: dict = MODEL) -> dict:
             t = tpot(cfg, ctx, batch)
             if t is not None:
                 entry[f"{cfg}_tpot_ms"] = round(t, 3)
-        s, h, h1 = (entry.get(f"{c}_tpot_ms") for c in ("stock_tp2", "helix_tp2_dcp2", "helix_tp2_dcp1"))
+        s, h, h1, hg = (entry.get(f"{c}_tpot_ms") for c in ("stock_tp2", "helix_tp2_dcp2", "helix_tp2_dcp1",
+                                                              "helix_tp2_dcp2_gloo"))
         if s and h:
             entry["helix_kvp2_speedup"] = round(s / h, 3)
+        if s and hg:
+            entry["helix_kvp2_gloo_speedup"] = round(s / hg, 3)
         if s and h1:
             entry["kvp1_overhead_pct"] = round((h1 / s - 1) * 100, 1)
         s3, h3 = entry.get("stock_tp3_tpot_ms"), entry.get("helix_tp3_dcp3_tpot_ms")
@@ -256,6 +262,8 @@ def main() -> None:
     ap.add_argument("--batches", type=ints, default=[1, 8])
     ap.add_argument("--batch8-max-context", type=int, default=16384, help="batch > 1 only up to this context")
     ap.add_argument("--kvp1-max-context", type=int, default=16384, help="helix_tp2_dcp1 only up to this context")
+    ap.add_argument("--gloo-max-context", type=int, default=16384,
+                    help="helix_tp2_dcp2_gloo (the exchange over gloo instead of shared memory) only up to this context")
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--reps", type=int, default=2, help="repetitions per case up to --rep-max-context")
     ap.add_argument("--rep-max-context", type=int, default=16384)
@@ -283,7 +291,8 @@ def main() -> None:
     bw = copy_bandwidth()
     results, load_before = {}, os.getloadavg()
     for name in args.configs.split(","):
-        max_ctx = args.kvp1_max_context if name == "helix_tp2_dcp1" else max(args.contexts)
+        max_ctx = {"helix_tp2_dcp1": args.kvp1_max_context,
+                   "helix_tp2_dcp2_gloo": args.gloo_max_context}.get(name, max(args.contexts))
         cases = [(c, b) for c in args.contexts for b in args.batches
                  if c <= max_ctx and (b == 1 or c <= args.batch8_max_context)]
         spec = {"config": name, "model": str(model), "max_model_len": max_len, "cases": cases,

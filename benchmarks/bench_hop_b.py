@@ -48,14 +48,13 @@ def _case(ctx: int, batch: int, kvp: int, rank: int, args, torch):
     local = local_lengths_tensor(seq_lens, bs, kvp, rank)
     nb = int((local.max() + bs - 1) // bs)
     gen = torch.Generator().manual_seed(1000 + rank)
-    kv = torch.randn(batch * nb, kvh, 2 * bs, d, generator=gen).to(dtype)  # vLLM CPU layout, K|V per block
-    key_cache, value_cache = kv.chunk(2, dim=2)                              # (blocks, kvh, bs, D)
+    kv = torch.randn(2, batch * nb, bs, kvh, d, generator=gen).to(dtype)  # the Helix backend's token-major layout
+    key_cache, value_cache = kv[0], kv[1]                                  # (blocks, bs, kvh, D)
     md = SimpleNamespace(num_reqs=batch, num_decode_tokens=batch, query_start_loc=torch.arange(batch + 1),
                          block_table=torch.arange(batch * nb, dtype=torch.int32).view(batch, nb),
                          local_seq_lens=local, query_positions=seq_lens - 1)
     q = torch.randn(batch, args.heads, d, generator=gen).to(dtype)
-    # the backend passes (blocks, block_size, kvh, D) views of the head-major cache
-    return q, key_cache.transpose(1, 2), value_cache.transpose(1, 2), md, local
+    return q, key_cache, value_cache, md, local
 
 
 def _rank(rank: int, world: int, port: int, args, queue) -> None:
@@ -86,7 +85,7 @@ def _rank(rank: int, world: int, port: int, args, queue) -> None:
                     order = list(modes) if rep % 2 == 0 else list(reversed(modes))
                     for mode in order:
                         rt = SimpleNamespace(grid=grid, config=modes[mode], kvp_rank=rank, interleave=args.block_size,
-                                             kvp_group=None, stats=HelixStats())
+                                             kvp_group=None, kvp_exchange=None, stats=HelixStats())
                         dist.barrier()
                         t0 = time.perf_counter()
                         out = attend_and_exchange(q, kc, vc, md, 1.0 / args.head_dim ** 0.5, rt)

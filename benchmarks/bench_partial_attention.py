@@ -40,7 +40,7 @@ def load_revision(rev: str):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--before", default="a88466e", help="git revision of the earlier implementation")
+    ap.add_argument("--before", default="2d99c6e", help="git revision of the earlier implementation")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--dtype", default="bfloat16")
     args = ap.parse_args()
@@ -59,15 +59,17 @@ def main() -> None:
         nb = n_kv // bs
         kv = torch.randn(nb * batch, kvh, 2 * bs, dim).to(dtype)   # vLLM CPU layout: K|V per block
         kc, vc = kv.chunk(2, dim=2)
-        kct, vct = kc.transpose(1, 2), vc.transpose(1, 2)          # what the backend passes
+        kct, vct = kc.transpose(1, 2), vc.transpose(1, 2)          # what the backend passed up to 2d99c6e
+        kcn, vcn = kct.contiguous(), vct.contiguous()              # token-major (blocks, bs, kvh, D): what it passes now
         bt = torch.arange(nb * batch, dtype=torch.int32).view(batch, nb)
         lens, qsl = torch.full((batch,), n_kv), torch.arange(batch + 1) * nq
         q = torch.randn(batch * nq, heads, dim).to(dtype)
         pos = torch.cat([torch.arange(2 * n_kv - nq, 2 * n_kv) for _ in range(batch)])  # KVP 2, rank 0
-        call = (q, kct, vct, bt, lens, qsl, dim ** -0.5, pos, 0, 2)
+        call_before = (q, kct, vct, bt, lens, qsl, dim ** -0.5, pos, 0, 2)
+        call = (q, kcn, vcn, bt, lens, qsl, dim ** -0.5, pos, 0, 2)
         kk, vv = torch.randn(1, kvh, n_kv, dim).to(dtype), torch.randn(1, kvh, n_kv, dim).to(dtype)
         qq = q[:nq].view(nq, kvh, heads, dim).permute(1, 0, 2, 3).reshape(1, kvh, nq * heads, dim)
-        fns = {"before": lambda: before(*call), "after": lambda: after(*call),
+        fns = {"before": lambda: before(*call_before), "after": lambda: after(*call),
                "flash_kernel_contiguous_floor": lambda: [sdpa(qq, kk, vv, scale=dim ** -0.5) for _ in range(batch)]}
         times = {k: [] for k in fns}
         for rep in range(args.reps + 1):

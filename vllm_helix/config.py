@@ -7,8 +7,10 @@
 | `hop_b_slices` | int ≥ 2 or null             | null    | slices per decode batch (null: chosen from the batch size)       |
 | `kernels`      | "auto", "torch", "triton"   | "auto"  | attention/combine kernels: Triton on CUDA, torch on CPU           |
 | `metrics`      | true, false                 | true    | per-rank KV-use and exchange-time gauges                          |
+| `exchange`     | "auto", "shm", "gloo"       | "auto"  | CPU transport of an unsliced exchange (HOP-B slices: gloo async)  |
 
-A user who sets nothing gets: HOP-B where the batch allows it, Triton kernels on CUDA, torch on CPU, metrics on.
+A user who sets nothing gets: HOP-B where the batch allows it, Triton kernels on CUDA, torch on CPU, metrics on,
+and on CPU the unsliced exchange over vLLM's shared-memory communicator (gloo where it is unavailable).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class HelixConfig:
     hop_b_slices: int | None = None
     kernels: str = "auto"
     metrics: bool = True
+    exchange: str = "auto"
 
     def __post_init__(self) -> None:
         if self.hop_b not in (True, False, "auto"):
@@ -47,6 +50,8 @@ class HelixConfig:
             raise HelixConfigError(f'helix.kernels must be "auto", "torch" or "triton", got {self.kernels!r}')
         if not isinstance(self.metrics, bool):
             raise HelixConfigError(f"helix.metrics must be true or false, got {self.metrics!r}")
+        if self.exchange not in ("auto", "shm", "gloo"):
+            raise HelixConfigError(f'helix.exchange must be "auto", "shm" or "gloo", got {self.exchange!r}')
 
     @classmethod
     def from_additional_config(cls, additional_config: dict[str, Any] | None) -> "HelixConfig":

@@ -12,6 +12,10 @@ elements of the output dtype, so the exchange is exact for fp32, bf16 and fp16 a
 tokens × H/TPA × (D + e) elements, independent of the sequence length S.
 
 Rank r = t·KVP + k ends with heads [r·H/N, (r+1)·H/N): the input slice of a TP = N row-parallel out-projection.
+
+Transport: `dist.all_to_all_single` on the KVP process group (gloo on CPU, NCCL on CUDA), or — for a synchronous
+exchange on CPU — `gather_exchange`, an all-gather over vLLM's shared-memory communicator of which each peer keeps
+its own chunk (`shm_all_to_all`): KVP× the bytes, but a few µs instead of a TCP round trip for decode-sized messages.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import torch.distributed as dist
 
 from vllm_helix.combine import combine_partials
 
-__all__ = ["pack_partials", "unpack_partials", "exchange_and_combine", "start_exchange", "finish_exchange"]
+__all__ = ["pack_partials", "unpack_partials", "exchange_and_combine", "start_exchange", "finish_exchange",
+           "shm_all_to_all"]
 
 
 def pack_partials(out: torch.Tensor, lse: torch.Tensor, kvp: int) -> torch.Tensor:
@@ -39,14 +44,31 @@ def unpack_partials(packed: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch
     return out, lse
 
 
+def shm_all_to_all(coordinator):
+    """An all-to-all for `start_exchange` built from a vLLM `GroupCoordinator`'s all-gather (on CPU: the
+    shared-memory `shm_all_gather`). Peer k of the group keeps chunk k of every peer's send:
+
+        send (KVP, …) on every peer  →  gathered (KVP_src, KVP_dst, …)  →  recv = gathered[:, k]   (KVP_src, …)
+    """
+    k, size = coordinator.rank_in_group, coordinator.world_size
+
+    def exchange(send: torch.Tensor) -> torch.Tensor:
+        gathered = coordinator.all_gather(send.reshape(1, -1), dim=0)   # (KVP_src, KVP·…)
+        return gathered.view(size, *send.shape)[:, k]
+
+    return exchange
+
+
 def start_exchange(out: torch.Tensor, lse: torch.Tensor, group: dist.ProcessGroup | None, kvp: int,
-                   async_op: bool = False):
-    """Launch the all-to-all of packed partials. Returns (received buffer, work handle or None)."""
+                   async_op: bool = False, gather_exchange=None):
+    """Launch the all-to-all of packed partials. Returns (received buffer, work handle or None).
+    `gather_exchange` (from `shm_all_to_all`), if given, carries a synchronous exchange instead of `group`."""
     send = pack_partials(out, lse, kvp)
-    recv = torch.empty_like(send)
     if kvp == 1:
-        recv.copy_(send)
-        return recv, None
+        return send, None
+    if gather_exchange is not None and not async_op:
+        return gather_exchange(send), None
+    recv = torch.empty_like(send)
     work = dist.all_to_all_single(recv, send, group=group, async_op=async_op)
     return recv, (work if async_op else None)
 

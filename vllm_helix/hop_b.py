@@ -69,7 +69,8 @@ def attend_and_exchange(query: torch.Tensor, key_cache: torch.Tensor, value_cach
     for r0, r1 in slices:
         out, lse = _partial(query, key_cache, value_cache, md, r0, r1, scale, rt)  # (t, H/TPA, D), (t, H/TPA)
         launched = time.perf_counter()
-        pending.append(start_exchange(out, lse, rt.kvp_group, kvp, async_op=len(slices) > 1))
+        pending.append(start_exchange(out, lse, rt.kvp_group, kvp, async_op=len(slices) > 1,
+                                      gather_exchange=rt.kvp_exchange))
         exchange_seconds += time.perf_counter() - launched
     waited = time.perf_counter()
     combine = functools.partial(dispatch.combine, force=rt.config.kernels)

@@ -27,9 +27,6 @@ __all__ = ["paged_partial_attention", "gather_local_kv", "local_key_positions"]
 
 _sdpa = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 
-# Per-block decode path: at most this many query rows (tokens × heads per KV head) per sequence; above it (prefill)
-# the visible keys are gathered into one contiguous run so that per-block outputs do not multiply the output size.
-_PER_BLOCK_MAX_ROWS = 64
 # Runs of consecutive blocks shorter than this on average are gathered instead of attended run by run.
 _MIN_AVG_RUN = 4
 
@@ -96,31 +93,35 @@ def _runs(ids: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
-def _visible_blocks(q3, kh, vh, ids, scale, outs, lses) -> None:
-    """Attend q3 (kv_heads, L, D) to the whole blocks `ids` of the head-major caches kh/vh (blocks, kv_heads,
-    block_size, D) with the CPU flash kernel, appending partial (O, LSE) to outs/lses. Consecutive block ids are
-    read in place (one kernel call per run, the blocks as the batch); fragmented tables or many query rows gather."""
+def _visible_blocks(q3, key_cache, value_cache, ids, scale, outs, lses) -> None:
+    """Attend q3 (kv_heads, L, D) to the whole blocks `ids` of the token-major caches (blocks, block_size,
+    kv_heads, D) with the CPU flash kernel, appending partial (O, LSE) to outs/lses. Every query sees every key
+    here, so block order is irrelevant: ids are sorted, and each run of consecutive ids is one kernel call on the
+    cache in place — (run·block_size, kv_heads, D) is one strided view when the cache is contiguous, as the Helix
+    backend stores it. A fragmented table (average run < `_MIN_AVG_RUN` blocks) is gathered once instead."""
     if not ids:
         return
     kv_heads, rows, dim = q3.shape
-    # every query sees every key here, so block order is irrelevant: sorting turns the descending ids vLLM hands
-    # out after blocks were freed (its free queue returns them in reverse) back into runs readable in place
+    bs = key_cache.shape[1]
+    # sorting turns the descending ids vLLM hands out after blocks were freed (its free queue returns them in
+    # reverse) back into runs readable in place
     ids = sorted(ids)
     runs = _runs(ids)
-    if rows <= _PER_BLOCK_MAX_ROWS and len(ids) >= _MIN_AVG_RUN * len(runs):
+    q4 = q3.unsqueeze(0)                                                 # (1, kv_heads, L, D)
+    if len(ids) >= _MIN_AVG_RUN * len(runs):
         for start, length in runs:
             b0 = ids[start]
-            o, lse = _sdpa(q3.unsqueeze(0).expand(length, kv_heads, rows, dim), kh[b0:b0 + length],
-                           vh[b0:b0 + length], scale=scale)[:2]
+            k = key_cache[b0:b0 + length].flatten(0, 1).permute(1, 0, 2).unsqueeze(0)   # (1, kv_heads, n, D)
+            v = value_cache[b0:b0 + length].flatten(0, 1).permute(1, 0, 2).unsqueeze(0)
+            o, lse = _sdpa(q4, k, v, scale=scale)[:2]                    # (1, kv_heads, L, D), (1, kv_heads, L)
             outs.append(o)
             lses.append(lse)
         return
     idx = torch.tensor(ids, dtype=torch.long)
-    bs = kh.shape[2]
-    # (n, kv_heads, bs, D) → (1, kv_heads, n·bs, D)
-    k = kh.index_select(0, idx).transpose(0, 1).reshape(1, kv_heads, len(ids) * bs, -1)
-    v = vh.index_select(0, idx).transpose(0, 1).reshape(1, kv_heads, len(ids) * bs, -1)
-    o, lse = _sdpa(q3.unsqueeze(0), k, v, scale=scale)[:2]
+    # (n, bs, kv_heads, D) → (1, kv_heads, n·bs, D)
+    k = key_cache.index_select(0, idx).flatten(0, 1).permute(1, 0, 2).unsqueeze(0)
+    v = value_cache.index_select(0, idx).flatten(0, 1).permute(1, 0, 2).unsqueeze(0)
+    o, lse = _sdpa(q4, k, v, scale=scale)[:2]
     outs.append(o)
     lses.append(lse)
 
@@ -170,9 +171,9 @@ def paged_partial_attention(
     the round-robin unit in tokens (vLLM's `cp_kv_cache_interleave_size`; default: the cache block size).
 
     CPU fast path: keys every query of a sequence sees (all of them in decode) go through
-    `aten._scaled_dot_product_flash_attention_for_cpu`, reading the paged cache in place — the block dimension is
-    the kernel's batch, so the vLLM CPU layout (blocks, kv_heads, block_size, D), passed here transposed, needs no
-    copy — and the per-block (O, LSE) are merged exactly. The blocks on a prefill chunk's causal diagonal go through
+    `aten._scaled_dot_product_flash_attention_for_cpu`, reading the paged cache in place — one call per run of
+    consecutive blocks, (run·block_size, kv_heads, D) being one strided view of a contiguous token-major cache —
+    and the per-run (O, LSE) are merged exactly. The blocks on a prefill chunk's causal diagonal go through
     the same kernel with a mask. Other devices, or a round-robin unit other than the block size, use the explicit
     fp32 path throughout.
     """
@@ -187,7 +188,6 @@ def paged_partial_attention(
     fast = (query.device.type == "cpu" and unit == block_size and key_cache.stride(-1) == 1
             and value_cache.stride(-1) == 1 and key_cache.dtype == value_cache.dtype
             and head_dim == v_dim and key_cache.dtype in (torch.float32, torch.bfloat16, torch.float16))
-    kh, vh = key_cache.transpose(1, 2), value_cache.transpose(1, 2)      # (blocks, kv_heads, block_size, D)
     qpos_all = query_positions.tolist() if (fast and query_positions is not None) else None
     for seq, n_kv in enumerate(lens):
         q0, q1 = starts[seq], starts[seq + 1]
@@ -210,12 +210,12 @@ def paged_partial_attention(
                 vis_tokens = min(vis * block_size, n_kv)
             full = vis_tokens // block_size
             outs, lses = [], []
-            qk = q if q.dtype == kh.dtype else q.to(kh.dtype)
-            _visible_blocks(qk, kh, vh, ids[:full], scale, outs, lses)
+            qk = q if q.dtype == key_cache.dtype else q.to(key_cache.dtype)
+            _visible_blocks(qk, key_cache, value_cache, ids[:full], scale, outs, lses)
             if full * block_size < vis_tokens:           # a visible partial last block
                 rem = vis_tokens - full * block_size
-                o, l_ = _sdpa(qk.unsqueeze(0), kh[ids[full]:ids[full] + 1, :, :rem],
-                              vh[ids[full]:ids[full] + 1, :, :rem], scale=scale)[:2]
+                o, l_ = _sdpa(qk.unsqueeze(0), key_cache[ids[full], :rem].permute(1, 0, 2).unsqueeze(0),
+                              value_cache[ids[full], :rem].permute(1, 0, 2).unsqueeze(0), scale=scale)[:2]
                 outs.append(o)
                 lses.append(l_)
             elif vis_tokens < n_kv:                      # the causal diagonal: masked flash kernel

@@ -88,6 +88,31 @@ def weight_bytes_by_module(model: torch.nn.Module, dtype_bytes: int) -> dict[str
     return sizes
 
 
+def _shm_exchange(rt, local_rank: int):
+    """A shared-memory all-to-all over this rank's KVP group, or None (then gloo carries the exchange).
+
+    vLLM's CPU communicator uses its shared-memory ops (`shm_all_gather`, …) only for groups whose name starts
+    with "tp" or "pp" (`CpuCommunicator.__init__`), hence the name of this extra group over the same KVP ranks.
+    """
+    from vllm.distributed import parallel_state as ps
+    from vllm.distributed.device_communicators.cpu_communicator import _CPUSHMDistributed
+
+    from vllm_helix.exchange import shm_all_to_all
+
+    coordinator = ps.init_model_parallel_group(rt.grid.kvp_groups(), local_rank, current_platform.dist_backend,
+                                               use_device_communicator=True, group_name="tp_helix_kvp")
+    communicator = coordinator.device_communicator
+    if not isinstance(getattr(communicator, "dist_module", None), _CPUSHMDistributed):
+        if rt.config.exchange == "shm":
+            raise RuntimeError("helix.exchange=shm: vLLM's CPU shared-memory communicator is unavailable here "
+                               "(no _C.init_shm_manager or no shared VLLM_DIST_IDENT); use \"auto\" or \"gloo\"")
+        logger.info("Helix: shared-memory exchange unavailable; the KVP exchange uses gloo")
+        return None
+    if rt.rank == 0:
+        logger.info("Helix: KVP exchange over vLLM's CPU shared-memory communicator (HOP-B slices: gloo async)")
+    return shm_all_to_all(coordinator)
+
+
 def _kv_elements_per_slot(model, kv_heads_per_rank: int) -> int:
     """KV cache elements one token slot holds on this rank, summed over layers: 2·K_r·D per GQA layer (K and V
     for the rank's K_r KV heads), C + R per MLA layer (the latent [c | k_pe], one "head")."""
@@ -112,11 +137,17 @@ class Worker(_PlatformWorker):
             pc.cp_kv_cache_interleave_size = cc.block_size  # Helix: round-robin by paged block
         config = HelixConfig.from_additional_config(vllm_config.additional_config)
         set_runtime(HelixRuntime(grid=grid, rank=rank, config=config, interleave=pc.cp_kv_cache_interleave_size))
-        _install_backend(vllm_config)
-        _install_slot_mapping()
-        from vllm_helix.model_surgery import register_helix_models
+        self.helix_attention = grid.kvp > 1 or bool(mc.use_mla)
+        if self.helix_attention:
+            _install_backend(vllm_config)
+            _install_slot_mapping()
+            from vllm_helix.model_surgery import register_helix_models
 
-        register_helix_models(list(mc.architectures or []))
+            register_helix_models(list(mc.architectures or []))
+        elif rank == 0:
+            # KVP = 1 is plain TP = N: no KV to shard, nothing to exchange. vLLM's own attention (C++ kernel, its
+            # layout) is then exactly the Helix result, so the worker leaves attention and the model untouched.
+            logger.info("Helix: KVP = 1 (-dcp 1): nothing to shard or exchange; using vLLM's own attention")
         if rank == 0:
             logger.info("Helix active: N=%d = KVP %d x TPA %d, block %d, interleave %d, %s", grid.world_size,
                         grid.kvp, grid.tpa, cc.block_size, pc.cp_kv_cache_interleave_size, config)
@@ -134,6 +165,8 @@ class Worker(_PlatformWorker):
         rt.tpa_coordinator = ps.init_model_parallel_group(
             rt.grid.tpa_groups(), self.local_rank, current_platform.dist_backend,
             use_device_communicator=False, group_name="helix_tpa")
+        if rt.grid.kvp > 1 and current_platform.is_cpu() and rt.config.exchange != "gloo":
+            rt.kvp_exchange = _shm_exchange(rt, self.local_rank)
 
     def helix_status(self) -> dict:
         """This rank's grid position, KV use and exchange statistics (for collective_rpc)."""
@@ -147,6 +180,8 @@ class Worker(_PlatformWorker):
         qkv_bytes = sum(b for name, b in weights.items() if name.endswith("qkv_proj"))
         blocks = int(rt.slots_used.view(-1, rt.block_size).any(dim=1).sum()) if rt.slots_used is not None else 0
         grid = {"world_size": rt.grid.world_size, "kvp": rt.grid.kvp, "tpa": rt.grid.tpa,
+                "attention": "helix" if self.helix_attention else "vllm",
+                "exchange": "none" if rt.grid.kvp == 1 else ("shm" if rt.kvp_exchange else "gloo"),
                 "num_heads": rt.grid.num_heads, "num_kv_heads": rt.grid.num_kv_heads,
                 "block_size": rt.block_size or self.cache_config.block_size, "interleave": rt.interleave,
                 "hop_b": rt.config.hop_b, "kernels": rt.config.kernels, "rank_table": rt.grid.rank_table()}

@@ -21,13 +21,15 @@ def assert_kv_sharded(status: list[dict], total_tokens: int, kvp: int, tpa: int,
         assert st["kv_blocks"] <= -(-total_tokens // (kvp * block)) + 1
 
 
-def run_helix_vs_stock(model, tp, dcp, stock_tokens, seed, first_hop_b, **extra):
-    """One Helix engine: batch (HOP-B `first_hop_b`), batch again with HOP-B flipped, then one long prompt alone."""
+def run_helix_vs_stock(model, tp, dcp, stock_tokens, seed, first_hop_b, exchange="auto", **extra):
+    """One Helix engine: batch (HOP-B `first_hop_b`), batch again with HOP-B flipped, then one long prompt alone.
+    `exchange`: the unsliced exchange's transport ("auto" = vLLM's CPU shared memory here)."""
     prompts = prompt_ids(seed, PROMPT_LENGTHS)
     long_prompt = prompt_ids(seed + 1, [777])[0]
     flipped = (not first_hop_b) if isinstance(first_hop_b, bool) else False
     result = run_engine({
-        "llm": llm_args(model, tp, dcp, helix=True, additional_config={"helix": {"hop_b": first_hop_b}}, **extra),
+        "llm": llm_args(model, tp, dcp, helix=True, additional_config={"helix": {"hop_b": first_hop_b, "exchange": exchange}},
+                        **extra),
         "prompts": prompts, "max_tokens": NEW_TOKENS, "status": True,
         "phases": [{"configure": {"hop_b": flipped}, "prompts": prompts}, {"prompts": [long_prompt]}]})
     expected = stock_tokens(model, prompts, **extra)
@@ -37,12 +39,13 @@ def run_helix_vs_stock(model, tp, dcp, stock_tokens, seed, first_hop_b, **extra)
     assert long_phase["tokens"][0] == stock_tokens(model, [long_prompt], **extra)[0]
     # KV written for one long request = prompt + all generated tokens but the last
     assert_kv_sharded(long_phase["status"], len(long_prompt) + NEW_TOKENS - 1, dcp, tp // dcp)
+    assert {st["grid"]["exchange"] for st in long_phase["status"]} == {"gloo" if exchange == "gloo" else "shm"}
     return result
 
 
-@pytest.mark.parametrize("model,tp,dcp,hop_b", [
-    ("mqa", 2, 2, "auto"),     # MQA (1 KV head), KVP 2 × TPA 1
-    ("gqa2", 4, 2, True),      # 8 heads / 2 KV heads, KVP 2 × TPA 2 (TPA = K)
+@pytest.mark.parametrize("model,tp,dcp,hop_b,exchange", [
+    ("mqa", 2, 2, "auto", "auto"),   # MQA (1 KV head), KVP 2 × TPA 1, shared-memory exchange
+    ("gqa2", 4, 2, True, "gloo"),    # 8 heads / 2 KV heads, KVP 2 × TPA 2 (TPA = K), gloo exchange
 ])
-def test_greedy_tokens_match_stock(tiny_models, stock_tokens, model, tp, dcp, hop_b):
-    run_helix_vs_stock(tiny_models[model], tp, dcp, stock_tokens, 10 + tp, hop_b)
+def test_greedy_tokens_match_stock(tiny_models, stock_tokens, model, tp, dcp, hop_b, exchange):
+    run_helix_vs_stock(tiny_models[model], tp, dcp, stock_tokens, 10 + tp, hop_b, exchange)

@@ -38,7 +38,7 @@ def _decode_case(num_seqs=3, heads=4, kv_heads=2, dim=16, block=16):
                          block_table=torch.arange(12, dtype=torch.int32).view(3, 4), local_seq_lens=lens,
                          query_positions=lens - 1)
     rt = SimpleNamespace(grid=HelixGrid(1, 1, heads, kv_heads, block), config=HelixConfig(), kvp_rank=0,
-                         interleave=block, kvp_group=None, stats=HelixStats())
+                         interleave=block, kvp_group=None, kvp_exchange=None, stats=HelixStats())
     return torch.randn(num_seqs, heads, dim), cache_k, cache_v, md, rt
 
 

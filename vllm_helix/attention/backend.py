@@ -11,8 +11,8 @@ Prefill tokens go through the same exchange as decode tokens: a prompt's KV is s
 written, so its attention is split the same way and stays exact. `output` is (tokens, H/N, head_dim) — the input of
 the TP = N out-projection (see `vllm_helix.model_surgery`).
 
-Extends vLLM 0.32's `CPUAttentionBackend` (same paged layout [blocks, kv_heads, block_size, 2·head_dim] and the
-same C++ KV-write kernel), adding the LSE-returning compute path vLLM's CPU kernel lacks.
+Extends vLLM 0.32's `CPUAttentionBackend` (same KV buffer size per block, read token-major: see `split_kv_cache`),
+adding the LSE-returning compute path vLLM's CPU kernel lacks.
 """
 
 from __future__ import annotations
@@ -49,20 +49,26 @@ class HelixAttentionBackend(CPUAttentionBackend):
 
 
 def split_kv_cache(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """vLLM CPU layout (blocks, kv_heads, block_size, 2·D) → key, value views (blocks, kv_heads, block_size, D)."""
-    num_blocks, kv_heads, block_size, _ = kv_cache.shape
-    key_cache, value_cache = kv_cache.view(num_blocks, kv_heads, 2 * block_size, -1).chunk(2, dim=2)
-    return key_cache, value_cache
+    """Helix's reading of a layer's KV buffer → key, value (blocks, block_size, kv_heads, D).
+
+    vLLM sizes the buffer as CPU_ATTN's (blocks, kv_heads, block_size, 2·D) (layout LBHNC, one contiguous tensor
+    per layer); only the Helix backend writes and reads it, so it stores all keys, then all values, token-major
+    (vLLM's GPU "NHD" layout): a run of consecutive blocks is then one (run·block_size, kv_heads, D) stretch the
+    flash kernel reads in one call. Same bytes, same block ids, so vLLM's block manager is unaffected."""
+    num_blocks, kv_heads, block_size, two_d = kv_cache.shape
+    if not kv_cache.is_contiguous():
+        raise RuntimeError(f"Helix attention needs a contiguous per-layer KV cache, got strides {kv_cache.stride()}")
+    kv = kv_cache.view(2, num_blocks, block_size, kv_heads, two_d // 2)
+    return kv[0], kv[1]
 
 
 def write_kv(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slots: torch.Tensor) -> None:
-    """Scatter key/value (n, kv_heads, D) to local slots (n,) of the cache, in the plain layout `split_kv_cache`
-    reads (vLLM's C++ `cpu_attn_reshape_and_cache` writes an ISA-specific tiled layout instead)."""
-    key_cache, value_cache = split_kv_cache(kv_cache)        # (blocks, kv_heads, block_size, D)
-    block_size = key_cache.shape[2]
-    blocks, offsets = slots // block_size, slots % block_size
-    key_cache[blocks, :, offsets] = key.to(key_cache.dtype)
-    value_cache[blocks, :, offsets] = value.to(value_cache.dtype)
+    """Scatter key/value (n, kv_heads, D) to local slots (n,) of the cache, in the layout `split_kv_cache` reads
+    (vLLM's C++ `cpu_attn_reshape_and_cache` writes an ISA-specific tiled layout instead)."""
+    key_cache, value_cache = split_kv_cache(kv_cache)        # (blocks, block_size, kv_heads, D)
+    kv_heads, dim = key_cache.shape[2:]
+    key_cache.view(-1, kv_heads, dim)[slots] = key.to(key_cache.dtype)
+    value_cache.view(-1, kv_heads, dim)[slots] = value.to(value_cache.dtype)
 
 
 class HelixAttentionImpl(AttentionImpl):
@@ -123,8 +129,7 @@ class HelixAttentionImpl(AttentionImpl):
         n = attn_metadata.num_actual_tokens
         key_cache, value_cache = split_kv_cache(kv_cache)
         started = time.perf_counter()
-        combined = attend_and_exchange(
-            query[:n], key_cache.transpose(1, 2), value_cache.transpose(1, 2), attn_metadata, self.scale, rt)
+        combined = attend_and_exchange(query[:n], key_cache, value_cache, attn_metadata, self.scale, rt)
         output[:n].copy_(combined)
         rt.stats.attention_seconds += time.perf_counter() - started
         return output

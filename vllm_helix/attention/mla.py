@@ -95,7 +95,7 @@ def _helix_combine(partial_out: torch.Tensor, partial_lse: torch.Tensor, *, grou
     Empty shards already carry LSE = −inf and O = 0, so `seq_lens` is not needed.
     """
     started = time.perf_counter()
-    recv, work = start_exchange(partial_out, partial_lse, group, kvp)
+    recv, work = start_exchange(partial_out, partial_lse, group, kvp, gather_exchange=rt.kvp_exchange)
     combine = lambda o, l, dt: dispatch.combine(o, l, dt, force=rt.config.kernels)  # noqa: E731
     out = finish_exchange(recv, work, partial_out.shape[-1], partial_out.dtype, combine)  # (B, H_g/KVP, C)
     rt.stats.exchange_seconds += time.perf_counter() - started
