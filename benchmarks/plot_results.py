@@ -56,6 +56,7 @@ def plot_decode(data: dict, out: Path) -> None:
         ax = axes[0][j]
         sel = sorted((r for r in table if r["batch"] == b), key=lambda r: r["context"])
         for key, label in (("stock_tp2_tpot_ms", "stock vLLM TP=2"), ("helix_tp2_dcp2_tpot_ms", "Helix KVP 2"),
+                           ("helix_tp2_dcp2_gloo_tpot_ms", "Helix KVP 2, gloo exchange"),
                            ("helix_tp2_dcp1_tpot_ms", "Helix KVP 1 (TP=2)"),
                            ("stock_tp3_tpot_ms", "stock TP=3"), ("helix_tp3_dcp3_tpot_ms", "Helix KVP 3")):
             pts = [(r["context"], r[key]) for r in sel if key in r]
@@ -74,12 +75,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--hop-b", type=Path)
     ap.add_argument("--decode", type=Path)
+    ap.add_argument("--decode-smollm2", type=Path, help="bench_decode.py --model smollm2 output → decode_smollm2.png")
     ap.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent)
     args = ap.parse_args()
     if args.hop_b:
         plot_hop_b(json.loads(args.hop_b.read_text().strip().splitlines()[-1]), args.out_dir / "hop_b.png")
     if args.decode:
         plot_decode(json.loads(args.decode.read_text().strip().splitlines()[-1]), args.out_dir / "decode.png")
+    if args.decode_smollm2:
+        plot_decode(json.loads(args.decode_smollm2.read_text().strip().splitlines()[-1]),
+                    args.out_dir / "decode_smollm2.png")
 
 
 if __name__ == "__main__":

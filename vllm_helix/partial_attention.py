@@ -93,34 +93,49 @@ def _runs(ids: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
-def _visible_blocks(q3, key_cache, value_cache, ids, scale, outs, lses) -> None:
-    """Attend q3 (kv_heads, L, D) to the whole blocks `ids` of the token-major caches (blocks, block_size,
-    kv_heads, D) with the CPU flash kernel, appending partial (O, LSE) to outs/lses. Every query sees every key
-    here, so block order is irrelevant: ids are sorted, and each run of consecutive ids is one kernel call on the
-    cache in place — (run·block_size, kv_heads, D) is one strided view when the cache is contiguous, as the Helix
-    backend stores it. A fragmented table (average run < `_MIN_AVG_RUN` blocks) is gathered once instead."""
+def _visible_blocks(q3, key_cache, value_cache, ids, scale, outs, lses, last_tokens: int | None = None) -> None:
+    """Attend q3 (kv_heads, L, D) to the blocks `ids` (table order) of the token-major caches (blocks, block_size,
+    kv_heads, D) with the CPU flash kernel, appending partial (O, LSE) to outs/lses; only the first `last_tokens`
+    of the last block count (all of it if None). Every query sees every key here, so block order is irrelevant:
+    ids are sorted, and each run of consecutive ids is one kernel call on the cache in place —
+    (tokens, kv_heads, D) is one strided view when the cache is contiguous, as the Helix backend stores it — the
+    partial block ending its run (the usual case) or, rarely, attended alone. A fragmented table (average run
+    < `_MIN_AVG_RUN` blocks) is gathered once instead."""
     if not ids:
         return
-    kv_heads, rows, dim = q3.shape
     bs = key_cache.shape[1]
+    partial = ids[-1] if last_tokens is not None and last_tokens < bs else None
+    q4 = q3.unsqueeze(0)                                                 # (1, kv_heads, L, D)
+
+    def attend(b0: int, blocks: int, tokens: int) -> None:
+        k = key_cache[b0:b0 + blocks].flatten(0, 1)[:tokens].permute(1, 0, 2).unsqueeze(0)  # (1, kv_heads, n, D)
+        v = value_cache[b0:b0 + blocks].flatten(0, 1)[:tokens].permute(1, 0, 2).unsqueeze(0)
+        o, lse = _sdpa(q4, k, v, scale=scale)[:2]                        # (1, kv_heads, L, D), (1, kv_heads, L)
+        outs.append(o)
+        lses.append(lse)
+
     # sorting turns the descending ids vLLM hands out after blocks were freed (its free queue returns them in
     # reverse) back into runs readable in place
-    ids = sorted(ids)
-    runs = _runs(ids)
-    q4 = q3.unsqueeze(0)                                                 # (1, kv_heads, L, D)
+    runs = _runs(sorted(ids))
     if len(ids) >= _MIN_AVG_RUN * len(runs):
+        ordered = sorted(ids)
         for start, length in runs:
-            b0 = ids[start]
-            k = key_cache[b0:b0 + length].flatten(0, 1).permute(1, 0, 2).unsqueeze(0)   # (1, kv_heads, n, D)
-            v = value_cache[b0:b0 + length].flatten(0, 1).permute(1, 0, 2).unsqueeze(0)
-            o, lse = _sdpa(q4, k, v, scale=scale)[:2]                    # (1, kv_heads, L, D), (1, kv_heads, L)
-            outs.append(o)
-            lses.append(lse)
+            b0 = ordered[start]
+            if partial is None or not b0 <= partial < b0 + length:
+                attend(b0, length, length * bs)
+            elif partial == b0 + length - 1:                              # the partial block ends this run
+                attend(b0, length, (length - 1) * bs + last_tokens)
+            else:                                                         # inside the run: split around it
+                if partial > b0:
+                    attend(b0, partial - b0, (partial - b0) * bs)
+                attend(partial, 1, last_tokens)
+                attend(partial + 1, b0 + length - partial - 1, (b0 + length - partial - 1) * bs)
         return
-    idx = torch.tensor(ids, dtype=torch.long)
-    # (n, bs, kv_heads, D) → (1, kv_heads, n·bs, D)
-    k = key_cache.index_select(0, idx).flatten(0, 1).permute(1, 0, 2).unsqueeze(0)
-    v = value_cache.index_select(0, idx).flatten(0, 1).permute(1, 0, 2).unsqueeze(0)
+    idx = torch.tensor(ids, dtype=torch.long)                             # table order: the partial block last
+    tokens = len(ids) * bs - (bs - last_tokens if partial is not None else 0)
+    # (n, bs, kv_heads, D) → (1, kv_heads, tokens, D)
+    k = key_cache.index_select(0, idx).flatten(0, 1)[:tokens].permute(1, 0, 2).unsqueeze(0)
+    v = value_cache.index_select(0, idx).flatten(0, 1)[:tokens].permute(1, 0, 2).unsqueeze(0)
     o, lse = _sdpa(q4, k, v, scale=scale)[:2]
     outs.append(o)
     lses.append(lse)
@@ -211,14 +226,10 @@ def paged_partial_attention(
             full = vis_tokens // block_size
             outs, lses = [], []
             qk = q if q.dtype == key_cache.dtype else q.to(key_cache.dtype)
-            _visible_blocks(qk, key_cache, value_cache, ids[:full], scale, outs, lses)
-            if full * block_size < vis_tokens:           # a visible partial last block
-                rem = vis_tokens - full * block_size
-                o, l_ = _sdpa(qk.unsqueeze(0), key_cache[ids[full], :rem].permute(1, 0, 2).unsqueeze(0),
-                              value_cache[ids[full], :rem].permute(1, 0, 2).unsqueeze(0), scale=scale)[:2]
-                outs.append(o)
-                lses.append(l_)
-            elif vis_tokens < n_kv:                      # the causal diagonal: masked flash kernel
+            rem = vis_tokens - full * block_size          # tokens of a visible partial last block
+            _visible_blocks(qk, key_cache, value_cache, ids[:full + (rem > 0)], scale, outs, lses,
+                            last_tokens=rem if rem else None)
+            if not rem and vis_tokens < n_kv:            # the causal diagonal: masked flash kernel
                 o, l_ = _diagonal(qk, key_cache, value_cache, block_table[seq, full:nb], n_kv - vis_tokens,
                                   local_key_positions(n_kv, unit, kvp_rank, kvp_size, query.device)[vis_tokens:],
                                   query_positions[q0:q1], scale)
