@@ -63,23 +63,15 @@ def _assert_latent_kv_sharded(status: list[dict], seq_lens: list[int], kvp: int,
         assert st["kv_bytes"] == st["kv_tokens"] * latent * 4 * layers
 
 
-def test_deepseek_v3_mla_moe_ep_matches_stock(deepseek_models, stock_tokens):
+@pytest.mark.parametrize("kvp", [2, 4])   # EP = 2 (four experts per rank), EP = 4 (two)
+def test_deepseek_v3_mla_moe_ep_matches_stock(deepseek_models, stock_tokens, kvp):
     model = deepseek_models["ds576"]
     prompts = prompt_ids(7, LENGTHS + [300])
-    result = run_engine({"llm": _mla_args(model, 2, 2, enable_expert_parallel=True), "prompts": prompts,
+    result = run_engine({"llm": _mla_args(model, kvp, kvp, enable_expert_parallel=True), "prompts": prompts,
                          "max_tokens": NEW_TOKENS, "status": True})
     assert result["tokens"] == stock_tokens(model, prompts, block_size=MLA_BLOCK)
     # KV written per request = prompt + all generated tokens but the last
-    _assert_latent_kv_sharded(result["status"], [len(p) + NEW_TOKENS - 1 for p in prompts], 2, 512 + 64, 2)
-
-
-def test_deepseek_v3_mla_moe_kvp4_ep4_matches_stock(deepseek_models, stock_tokens):
-    model = deepseek_models["ds576"]
-    prompts = prompt_ids(7, LENGTHS + [300])
-    result = run_engine({"llm": _mla_args(model, 4, 4, enable_expert_parallel=True), "prompts": prompts,
-                         "max_tokens": NEW_TOKENS, "status": True})
-    assert result["tokens"] == stock_tokens(model, prompts, block_size=MLA_BLOCK)
-    _assert_latent_kv_sharded(result["status"], [len(p) + NEW_TOKENS - 1 for p in prompts], 4, 512 + 64, 2)
+    _assert_latent_kv_sharded(result["status"], [len(p) + NEW_TOKENS - 1 for p in prompts], kvp, 512 + 64, 2)
 
 
 def test_deepseek_v3_other_mla_dims(deepseek_models):
