@@ -4,9 +4,11 @@
 Overrides two hooks and adds two RPC methods:
 - `__init__`: reads and validates the Helix config, sets block-granular round-robin placement
   (`cp_kv_cache_interleave_size = block_size` unless the user chose another), installs the Helix attention backend,
-  the model re-sharding and (on CPU) the context-parallel slot mapping — all in this worker process only.
+  the model re-sharding and (on CPU) the context-parallel slot mapping — all in this worker process only, and only
+  when there is KV to shard (KVP > 1) or the model is MLA; at KVP = 1 vLLM's own attention is the Helix result.
 - `init_device`: after vLLM's groups exist, reuses the DCP group (consecutive ranks) as the KVP group and builds the
-  TPA groups (equal kvp index) with `init_model_parallel_group`.
+  TPA groups (equal kvp index) with `init_model_parallel_group`; on CPU also a shared-memory group over the KVP
+  ranks for the exchange (`_shm_exchange`).
 - `helix_status()` / `helix_reset_stats()`: per-rank grid position, KV use and exchange time, for
   `collective_rpc` (tests, `/helix/status`, metrics).
 """

@@ -49,3 +49,14 @@ def run_helix_vs_stock(model, tp, dcp, stock_tokens, seed, first_hop_b, exchange
 ])
 def test_greedy_tokens_match_stock(tiny_models, stock_tokens, model, tp, dcp, hop_b, exchange):
     run_helix_vs_stock(tiny_models[model], tp, dcp, stock_tokens, 10 + tp, hop_b, exchange)
+
+
+def test_kvp1_leaves_attention_to_vllm(tiny_models, stock_tokens):
+    """`-dcp 1` is plain TP = N: the Helix worker installs nothing in attention (vLLM's own backend and model);
+    tokens equal stock TP = 1 and `helix_status` says which attention ran."""
+    model = tiny_models["gqa2"]
+    prompts = prompt_ids(31, PROMPT_LENGTHS)
+    result = run_engine({"llm": llm_args(model, 2, 1, helix=True), "prompts": prompts, "max_tokens": NEW_TOKENS,
+                         "status": True})
+    assert result["tokens"] == stock_tokens(model, prompts)
+    assert {(st["grid"]["attention"], st["grid"]["exchange"]) for st in result["status"]} == {("vllm", "none")}
