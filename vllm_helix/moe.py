@@ -51,11 +51,6 @@ def _wrap_apply(original):
     @functools.wraps(original)
     def apply(self, output, hidden_states, w1, w2, topk_weights, topk_ids, activation, global_num_experts,
               expert_map, *args, **kwargs):
-        import os as _os
-        _d = _os.environ.get("HELIX_MOE_DUMP")
-        _rec = None
-        if _d:
-            _rec = {"h": hidden_states.clone(), "ids": topk_ids.clone(), "w": topk_weights.clone()}
         if expert_map is not None:
             topk_ids, topk_weights = remap_topk_to_local(topk_ids, topk_weights, expert_map)
             if not getattr(apply, "_logged", False):
@@ -63,13 +58,8 @@ def _wrap_apply(original):
                 logger.info("Helix: CPU expert parallelism — routing %d global experts to %d local ones through "
                             "expert_map before cpu_fused_moe (vLLM's CPU path ignores expert_map)",
                             global_num_experts, w1.shape[0])
-        r = original(self, output, hidden_states, w1, w2, topk_weights, topk_ids, activation,
+        return original(self, output, hidden_states, w1, w2, topk_weights, topk_ids, activation,
                         global_num_experts, expert_map, *args, **kwargs)
-        if _rec is not None:
-            _rec["out"] = output.clone(); _rec["lids"] = topk_ids.clone(); _rec["lw"] = topk_weights.clone()
-            _n = getattr(apply, "_n", 0); apply._n = _n + 1
-            torch.save(_rec, f"{_d}/{_os.getpid()}_{_n:05d}.pt")
-        return r
 
     apply.__helix_patched__ = True
     return apply
