@@ -107,38 +107,36 @@ def _visible_blocks(q3, key_cache, value_cache, ids, scale, outs, lses, last_tok
     partial = ids[-1] if last_tokens is not None and last_tokens < bs else None
     q4 = q3.unsqueeze(0)                                                 # (1, kv_heads, L, D)
 
-    def attend(b0: int, blocks: int, tokens: int) -> None:
-        k = key_cache[b0:b0 + blocks].flatten(0, 1)[:tokens].permute(1, 0, 2).unsqueeze(0)  # (1, kv_heads, n, D)
-        v = value_cache[b0:b0 + blocks].flatten(0, 1)[:tokens].permute(1, 0, 2).unsqueeze(0)
-        o, lse = _sdpa(q4, k, v, scale=scale)[:2]                        # (1, kv_heads, L, D), (1, kv_heads, L)
-        outs.append(o)
-        lses.append(lse)
+    def attend(k: torch.Tensor, v: torch.Tensor) -> None:               # k, v (tokens, kv_heads, D)
+        o, lse = _sdpa(q4, k.permute(1, 0, 2).unsqueeze(0), v.permute(1, 0, 2).unsqueeze(0), scale=scale)[:2]
+        outs.append(o)                                                   # (1, kv_heads, L, D)
+        lses.append(lse)                                                 # (1, kv_heads, L)
+
+    def attend_run(b0: int, blocks: int, tokens: int) -> None:          # in place: a view of the cache
+        attend(key_cache[b0:b0 + blocks].flatten(0, 1)[:tokens],
+               value_cache[b0:b0 + blocks].flatten(0, 1)[:tokens])
 
     # sorting turns the descending ids vLLM hands out after blocks were freed (its free queue returns them in
     # reverse) back into runs readable in place
-    runs = _runs(sorted(ids))
+    ordered = sorted(ids)
+    runs = _runs(ordered)
     if len(ids) >= _MIN_AVG_RUN * len(runs):
-        ordered = sorted(ids)
         for start, length in runs:
             b0 = ordered[start]
             if partial is None or not b0 <= partial < b0 + length:
-                attend(b0, length, length * bs)
+                attend_run(b0, length, length * bs)
             elif partial == b0 + length - 1:                              # the partial block ends this run
-                attend(b0, length, (length - 1) * bs + last_tokens)
+                attend_run(b0, length, (length - 1) * bs + last_tokens)
             else:                                                         # inside the run: split around it
                 if partial > b0:
-                    attend(b0, partial - b0, (partial - b0) * bs)
-                attend(partial, 1, last_tokens)
-                attend(partial + 1, b0 + length - partial - 1, (b0 + length - partial - 1) * bs)
+                    attend_run(b0, partial - b0, (partial - b0) * bs)
+                attend_run(partial, 1, last_tokens)
+                attend_run(partial + 1, b0 + length - partial - 1, (b0 + length - partial - 1) * bs)
         return
     idx = torch.tensor(ids, dtype=torch.long)                             # table order: the partial block last
     tokens = len(ids) * bs - (bs - last_tokens if partial is not None else 0)
-    # (n, bs, kv_heads, D) → (1, kv_heads, tokens, D)
-    k = key_cache.index_select(0, idx).flatten(0, 1)[:tokens].permute(1, 0, 2).unsqueeze(0)
-    v = value_cache.index_select(0, idx).flatten(0, 1)[:tokens].permute(1, 0, 2).unsqueeze(0)
-    o, lse = _sdpa(q4, k, v, scale=scale)[:2]
-    outs.append(o)
-    lses.append(lse)
+    attend(key_cache.index_select(0, idx).flatten(0, 1)[:tokens],              # (n·bs, kv_heads, D) copies
+           value_cache.index_select(0, idx).flatten(0, 1)[:tokens])
 
 
 def _diagonal(q3: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, blocks: torch.Tensor, n: int,
