@@ -26,3 +26,11 @@ serve: setup
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# make gpu-check: for a CUDA machine with torch, Triton and pytest but no vLLM (a plain checkout, nothing
+# installed): the Triton kernel tests compiled for the GPU, then the kernel benchmark against the GPU's measured
+# copy bandwidth, in <= 5 min; prints one JSON line (tests/kernels/gpu_check.py). Exits 2 without a GPU.
+GPU_PYTHON ?= python3
+.PHONY: gpu-check
+gpu-check:
+	PYTHONPATH=. $(GPU_PYTHON) tests/kernels/gpu_check.py

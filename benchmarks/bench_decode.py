@@ -4,6 +4,7 @@
 Configurations (each one engine, kept alive across all its context lengths and batch sizes, run in its own child
 process that is killed by PID afterwards):
 
+  stock_tp1        stock vLLM -tp 1 (one rank with both cores' threads)
   stock_tp2        stock vLLM -tp 2 (MQA: the single KV head is duplicated on both ranks)
   helix_tp2_dcp2   Helix -tp 2 -dcp 2 (KVP 2 × TPA 1: each rank holds half of the KV)
   helix_tp2_dcp1   Helix -tp 2 -dcp 1 (KVP 1: the plugin's overhead at equal TP; vLLM's own attention)
@@ -16,8 +17,9 @@ Timing: the engine is stepped by hand (`LLMEngine.add_request` + `step()`), with
 A *pure decode step* is one in which every request of the batch already has its first token and none has finished;
 time per output token (TPOT) = median pure-decode step time. Prefill (time to the last first token) is reported
 apart. For Helix ranks the backend's counters give attention and exchange time over the decode phase and each
-rank's KV use after prefill (tokens, blocks). The bandwidth bound compares the Helix attention time per layer with
-(KV bytes a rank reads per layer) / (single-core memory-copy bandwidth measured here).
+rank's KV use after prefill (tokens, blocks). The roofline bound of the Helix attention per layer call is
+max(KV bytes / read bandwidth, FLOP / fp32 FMA rate), with the ceilings measured in the same run
+(`vllm_helix.planner.ceilings`: vectorised read of a buffer the size of a rank's KV over all layers, and of 1 GiB).
 
 Prints ONE JSON line. Example:
   python benchmarks/bench_decode.py --contexts 4096,16384,65536 --batch8-max-context 16384
@@ -42,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 CONFIGS = {
+    "stock_tp1": {"tp": 1, "dcp": 1, "helix": False},
     "stock_tp2": {"tp": 2, "dcp": 1, "helix": False},
     "helix_tp2_dcp2": {"tp": 2, "dcp": 2, "helix": True},
     "helix_tp2_dcp1": {"tp": 2, "dcp": 1, "helix": True},
@@ -153,7 +156,8 @@ def run_config(spec: dict, kv_gib: int, timeout: float, log_dir: Path | None = N
     from vllm_helix.cpu_setup import cpu_env
 
     ranks = CONFIGS[spec["config"]]["tp"]
-    env = {**os.environ, **cpu_env(ranks, kv_gib), "PYTHONPATH": str(REPO)}
+    env = {**os.environ, **cpu_env(ranks, kv_gib),
+           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
     env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_gib)
     log = open(log_dir / f"{spec['config']}.log", "w") if log_dir else None  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)], cwd=REPO,
@@ -181,26 +185,22 @@ def run_config(spec: dict, kv_gib: int, timeout: float, log_dir: Path | None = N
     return {"config": spec["config"], "error": f"exit {proc.returncode}", "stderr_tail": err[-1500:]}
 
 
-def copy_bandwidth(mib: int = 512, reps: int = 5) -> dict:
-    """Memory-copy bandwidth (bytes read per second) with 1 thread and with all cores."""
-    import torch
-
-    src = torch.ones(mib * 2**20 // 2, dtype=torch.bfloat16)
-    dst = torch.empty_like(src)
-    result = {}
-    for threads in sorted({1, os.cpu_count() or 1}):
-        torch.set_num_threads(threads)
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            dst.copy_(src)
-            times.append(time.perf_counter() - t0)
-        result[f"threads_{threads}_GBps"] = round(src.numel() * 2 / statistics.median(times) / 1e9, 2)
-    torch.set_num_threads(1)
-    return result
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
-def summarize(results: dict, bw: dict, dims: dict = MODEL) -> dict:
+def rank_kv_bytes(ctx: int, kvp: int, dims: dict = MODEL) -> int:
+    """KV bytes one Helix rank reads per decode step (all layers, bf16, TPA = 1: all KV heads)."""
+    return -(-ctx // kvp) * dims["kv_heads"] * dims["head_dim"] * 2 * 2 * dims["layers"]
+
+
+def summarize(results: dict, ceil: dict, dims: dict = MODEL) -> dict:
     def tpot(cfg, ctx, batch):
         rows = [r for r in results.get(cfg, {}).get("rows", []) if r["context"] == ctx and r["batch"] == batch
                 and "tpot_ms" in r]
@@ -218,6 +218,9 @@ def summarize(results: dict, bw: dict, dims: dict = MODEL) -> dict:
                                                               "helix_tp2_dcp2_gloo"))
         if s and h:
             entry["helix_kvp2_speedup"] = round(s / h, 3)
+        stocks = [t for t in (entry.get("stock_tp1_tpot_ms"), s) if t]
+        if stocks and h:
+            entry["helix_kvp2_vs_best_stock"] = round(min(stocks) / h, 3)
         if s and hg:
             entry["helix_kvp2_gloo_speedup"] = round(s / hg, 3)
         if s and h1:
@@ -226,9 +229,9 @@ def summarize(results: dict, bw: dict, dims: dict = MODEL) -> dict:
         if s3 and h3:
             entry["helix_kvp3_speedup"] = round(s3 / h3, 3)
         table.append(entry)
-    # bandwidth bound and per-rank KV for Helix KVP 2 at batch 1
+    # roofline bound of the Helix attention per layer call, and per-rank KV, for Helix at batch 1 (first repetition)
     bound, kv = [], []
-    per_token = dims["kv_heads"] * dims["head_dim"] * 2 * 2  # K and V, bf16, one layer (TPA = 1: all KV heads)
+    fma = ceil["fp32_fma_GFLOPs"] * 1e9
     for cfg in ("helix_tp2_dcp2", "helix_tp3_dcp3"):
         kvp = CONFIGS[cfg]["dcp"]
         for r in results.get(cfg, {}).get("rows", []):
@@ -236,13 +239,18 @@ def summarize(results: dict, bw: dict, dims: dict = MODEL) -> dict:
                 continue
             if "helix_decode" in r:
                 att = max(x["attention_ms_per_call"] for x in r["helix_decode"])
-                local = -(-r["context"] // kvp)
-                kv_bytes = local * per_token
-                bound_ms = kv_bytes / (bw["threads_1_GBps"] * 1e9) * 1e3
+                step_bytes = rank_kv_bytes(r["context"], kvp, dims)
+                kv_bytes = step_bytes // dims["layers"]
+                flops = 4 * dims["heads"] * -(-r["context"] // kvp) * dims["head_dim"]
+                read = ceil["read_GBps"].get(str(step_bytes), ceil["read_GBps"][str(ceil["dram_bytes"])]) * 1e9
+                bound_ms = max(kv_bytes / read, flops / fma) * 1e3
                 bound.append({"config": cfg, "context": r["context"], "attention_ms_per_layer": att,
-                              "kv_bytes_per_rank_layer": kv_bytes, "bound_ms": round(bound_ms, 4),
+                              "kv_bytes_per_rank_layer": kv_bytes, "flops_per_rank_layer": flops,
+                              "read_GBps_at_step_size": round(read / 1e9, 2), "bound_ms": round(bound_ms, 4),
+                              "bound_by": "bandwidth" if kv_bytes / read >= flops / fma else "compute",
                               "fraction_of_bound": round(bound_ms / att, 3) if att else None,
-                              "achieved_GBps": round(kv_bytes / (att / 1e3) / 1e9, 2) if att else None})
+                              "achieved_GBps": round(kv_bytes / (att / 1e3) / 1e9, 2) if att else None,
+                              "achieved_GFLOPs": round(flops / (att / 1e3) / 1e9, 1) if att else None})
             if "kv_per_rank" in r:
                 bs = r["kv_per_rank"][0]["block_size"]
                 limit = -(-r["prompt_tokens"] // kvp) + bs
@@ -257,7 +265,7 @@ def summarize(results: dict, bw: dict, dims: dict = MODEL) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
-    ap.add_argument("--configs", default="stock_tp2,helix_tp2_dcp2,helix_tp2_dcp1")
+    ap.add_argument("--configs", default="stock_tp1,stock_tp2,helix_tp2_dcp2,helix_tp2_dcp1")
     ap.add_argument("--contexts", type=ints, default=[4096, 16384, 65536])
     ap.add_argument("--batches", type=ints, default=[1, 8])
     ap.add_argument("--batch8-max-context", type=int, default=16384, help="batch > 1 only up to this context")
@@ -288,7 +296,10 @@ def main() -> None:
         model, dims = make_model(Path(args.model_dir), max_len), MODEL
     if args.log_dir:
         args.log_dir.mkdir(parents=True, exist_ok=True)
-    bw = copy_bandwidth()
+    from vllm_helix.planner import ceilings
+
+    kvps = sorted({CONFIGS[c]["dcp"] for c in args.configs.split(",") if CONFIGS[c]["helix"]})
+    ceil = ceilings.measure([rank_kv_bytes(c, k, dims) for c in args.contexts for k in kvps])
     results, load_before = {}, os.getloadavg()
     for name in args.configs.split(","):
         max_ctx = {"helix_tp2_dcp1": args.kvp1_max_context,
@@ -302,10 +313,10 @@ def main() -> None:
         print(f"[bench_decode] done {name} (load {os.getloadavg()})", file=sys.stderr, flush=True)
     print(json.dumps({
         "benchmark": "decode", "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
                     "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
-        "model": {"name": args.model, **dims}, "dtype": "bfloat16", "copy_bandwidth": bw,
-        "summary": summarize(results, bw, dims),
+        "model": {"name": args.model, **dims}, "dtype": "bfloat16", "ceilings": ceil,
+        "summary": summarize(results, ceil, dims),
         "results": results}))
 
 

@@ -1,15 +1,17 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Pick the Triton kernels (CUDA) or their torch references (CPU) for the Helix backend's attention ops.
+"""The one place that picks an implementation for each Helix attention op: the table (device × mode → impl).
 
     VLLM_HELIX_KERNELS | force   | CUDA tensors | CPU tensors
     -------------------+---------+--------------+----------------------------------------------
-    auto (default)     | None    | triton       | torch
+    auto (default)     | None    | triton       | native (C++ ops, kernels/csrc), torch if they cannot build
+    native             | native  | (refused)    | native (error if the ops cannot build)
     triton             | triton  | triton       | triton (only with TRITON_INTERPRET=1, for tests)
     torch              | torch   | torch        | torch
 
-`force` (a call argument) wins over the environment variable. "auto" also falls back to torch when Triton
-is not importable. The kernel modules are imported lazily, by attribute, so a CPU-only install without
-Triton works and tests can monkeypatch `_is_cuda` and the launchers.
+`force` (a call argument, the `helix.kernels` knob) wins over the environment variable. "auto" also falls back
+to torch when Triton is not importable. The native ops cover decode attention; the combine and MLA decode have
+no native op, so "native" runs their torch references. Kernel modules are imported lazily, so a CPU-only install
+without Triton works and tests can monkeypatch `_is_cuda` and the launchers.
 """
 
 from __future__ import annotations
@@ -21,22 +23,29 @@ import torch
 
 from vllm_helix.kernels import triton_available
 
-__all__ = ["ENV_VAR", "select_impl", "decode_attention", "combine", "mla_decode_attention"]
+__all__ = ["ENV_VAR", "select_impl", "describe", "decode_attention", "decode_attention_packed", "combine",
+           "combine_packed", "mla_decode_attention"]
 
 ENV_VAR = "VLLM_HELIX_KERNELS"
-_MODES = ("auto", "triton", "torch")
-Impl = Literal["triton", "torch"]
+_MODES = ("auto", "native", "triton", "torch")
+Impl = Literal["native", "triton", "torch"]
 
 
 def _is_cuda(device: torch.device | str) -> bool:
     """The platform check; tests monkeypatch this to take the CUDA path without a GPU."""
-    return torch.device(device).type == "cuda"
+    return (device if isinstance(device, torch.device) else torch.device(device)).type == "cuda"
+
+
+def _native_unavailable() -> str | None:
+    from vllm_helix.kernels import cpu_build
+
+    return cpu_build.load()
 
 
 def select_impl(device: torch.device | str, force: str | None = None) -> Impl:
-    """Return "triton" or "torch" for tensors on `device`.
+    """Return "native", "triton" or "torch" for tensors on `device`.
 
-    `force` (else $VLLM_HELIX_KERNELS) is "auto", "triton" or "torch"; see the module docstring's table.
+    `force` (else $VLLM_HELIX_KERNELS) is "auto", "native", "triton" or "torch"; see the module docstring's table.
     """
     mode = (force if force is not None else os.environ.get(ENV_VAR, "auto")).strip().lower() or "auto"
     if mode not in _MODES:
@@ -44,12 +53,35 @@ def select_impl(device: torch.device | str, force: str | None = None) -> Impl:
         raise ValueError(f"{source}={mode!r} is not one of {_MODES}")
     if mode == "torch":
         return "torch"
+    if mode == "native":
+        if _is_cuda(device):
+            raise RuntimeError(f"{ENV_VAR}/force=native: the native ops are CPU ops; use auto or triton on CUDA")
+        reason = _native_unavailable()
+        if reason is not None:
+            raise RuntimeError(f"{ENV_VAR}/force=native but {reason}; set {ENV_VAR}=torch or fix the build")
+        return "native"
     if mode == "triton":
         if not triton_available():
             raise RuntimeError(f"{ENV_VAR}/force=triton but Triton is not importable; install the CUDA build "
                                f"or set {ENV_VAR}=torch")
         return "triton"
-    return "triton" if _is_cuda(device) and triton_available() else "torch"
+    if _is_cuda(device):
+        return "triton" if triton_available() else "torch"
+    is_cpu = (device if isinstance(device, torch.device) else torch.device(device)).type == "cpu"
+    return "native" if is_cpu and _native_unavailable() is None else "torch"
+
+
+def describe(device: torch.device | str, force: str | None = None) -> str:
+    """What decode attention runs on `device`, for logs and /helix/status: "native (avx2)", "triton", or
+    "torch" with the reason the native ops are missing where that is why."""
+    impl = select_impl(device, force)
+    if impl == "native":
+        from vllm_helix.kernels import cpu_build
+
+        return f"native ({cpu_build.status()['isa']})"
+    if impl == "torch" and torch.device(device).type == "cpu" and _native_unavailable() is not None:
+        return f"torch ({_native_unavailable()})"
+    return impl
 
 
 def decode_attention(
@@ -65,16 +97,57 @@ def decode_attention(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Partial decode attention over this rank's shard: O (num_seqs, heads, v_dim), LSE (num_seqs, heads)."""
     args = (query, key_cache, value_cache, block_table, local_seq_lens, scale)
-    if select_impl(query.device, force) == "triton":
+    impl = select_impl(query.device, force)
+    if impl == "triton":
         from vllm_helix.kernels import partial_attention
 
         return partial_attention.partial_decode_attention(*args, num_splits=num_splits)
-    from vllm_helix.partial_attention import paged_partial_attention
+    from vllm_helix.kernels import cpu_decode_attention
 
-    query_start_loc = torch.arange(query.shape[0] + 1, device=query.device)
-    return paged_partial_attention(
-        query, key_cache, value_cache, block_table, local_seq_lens, query_start_loc, scale
-    )
+    if impl == "native" and cpu_decode_attention.supports(query, key_cache, value_cache):
+        return cpu_decode_attention.partial_decode_attention(*args, num_splits=num_splits or 0)
+    return cpu_decode_attention.partial_decode_attention_reference(*args)
+
+
+def decode_attention_packed(
+    query: torch.Tensor,  # (num_seqs, heads, head_dim)
+    key_cache: torch.Tensor,  # (num_blocks, block_size, kv_heads, head_dim)
+    value_cache: torch.Tensor,  # (num_blocks, block_size, kv_heads, v_dim)
+    block_table: torch.Tensor,  # (num_seqs, max_blocks)
+    local_seq_lens: torch.Tensor,  # (num_seqs,)
+    scale: float,
+    kvp: int,
+    *,
+    force: str | None = None,
+) -> torch.Tensor:
+    """Partial decode attention in the exchange's send layout (KVP, num_seqs, heads/KVP, v_dim + e): written there
+    directly by the native op, else computed and packed (`vllm_helix.exchange.pack_partials`)."""
+    from vllm_helix.kernels import cpu_decode_attention
+
+    if select_impl(query.device, force) == "native" and cpu_decode_attention.supports(query, key_cache, value_cache):
+        return cpu_decode_attention.partial_decode_attention_packed(query, key_cache, value_cache, block_table,
+                                                                    local_seq_lens, scale, kvp)
+    from vllm_helix.exchange import pack_partials
+
+    out, lse = decode_attention(query, key_cache, value_cache, block_table, local_seq_lens, scale, force=force)
+    return pack_partials(out, lse, kvp)
+
+
+def combine_packed(recv: torch.Tensor, out: torch.Tensor, *, force: str | None = None) -> None:
+    """The Helix combine of a receive buffer (KVP, tokens, heads, dim + e) into out (tokens, heads, dim)."""
+    impl = select_impl(recv.device, force)
+    if impl == "native":
+        from vllm_helix.kernels import cpu_combine
+
+        if cpu_combine.supports(recv, out):
+            return cpu_combine.combine_packed(recv, out)
+    from vllm_helix.exchange import combine_received, unpack_partials
+
+    if impl == "triton":
+        partial_out, partial_lse = unpack_partials(recv, out.shape[-1])
+        out.copy_(combine(partial_out, partial_lse, out.dtype, force=impl)[0])
+        return None
+    return combine_received(recv, out)
 
 
 def combine(
@@ -85,7 +158,7 @@ def combine(
     force: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Helix combine of KVP partials: (O (tokens, heads, dim), LSE (tokens, heads) fp32)."""
-    if select_impl(partial_out.device, force) == "triton":
+    if select_impl(partial_out.device, force) == "triton":  # native: no native combine op, the torch one
         from vllm_helix.kernels import combine as combine_module
 
         return combine_module.combine(partial_out, partial_lse, out_dtype)

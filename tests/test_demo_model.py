@@ -152,3 +152,38 @@ def test_concurrent_callers_build_once(monkeypatch, tmp_path):
         t.join(30)
     assert not errors and len(results) == 3 and len(set(results)) == 1
     assert len(calls) == 1
+
+
+@pytest.mark.timeout(300)
+def test_padded_heads_are_the_same_function(fp32_dir: Path):
+    """12 query heads (one zero head per GQA group, zero o_proj columns) give the 9-head model's logits."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    padded_dir = dm.ensure_demo_model("float32", quiet=True, heads=12)
+    cfg = json.loads((padded_dir / "config.json").read_text())
+    assert (cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]) == (12, 3, 64)
+    ids = torch.tensor([[1, 504, 3458, 282, 4649, 314, 10869, 30, 2, 77, 1090, 23]])
+    with torch.inference_mode():
+        logits = [AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, local_files_only=True).eval()(ids).logits
+                  for d in (fp32_dir, padded_dir)]
+    assert (logits[0] - logits[1]).abs().max().item() < 1e-4
+    assert torch.equal(logits[0].argmax(-1), logits[1].argmax(-1))
+
+
+def test_pad_query_heads_places_zero_heads_per_group():
+    import torch
+
+    h, k, d, hidden = 6, 2, 4, 8
+    q = torch.arange(h * d * hidden, dtype=torch.float32).view(h * d, hidden) + 1
+    o = torch.arange(hidden * h * d, dtype=torch.float32).view(hidden, h * d) + 1
+    state, cfg = dm.pad_query_heads({"l.self_attn.q_proj.weight": q, "l.self_attn.o_proj.weight": o},
+                                    {"num_attention_heads": h, "num_key_value_heads": k, "hidden_size": hidden,
+                                     "head_dim": d}, 8)
+    q8, o8 = state["l.self_attn.q_proj.weight"].view(8, d, hidden), state["l.self_attn.o_proj.weight"].view(hidden, 8, d)
+    assert cfg["num_attention_heads"] == 8 and cfg["head_dim"] == d
+    for new, old in ((0, 0), (1, 1), (2, 2), (4, 3), (5, 4), (6, 5)):   # groups [0 1 2 pad] [3 4 5 pad]
+        assert torch.equal(q8[new], q.view(h, d, hidden)[old]) and torch.equal(o8[:, new], o.view(hidden, h, d)[:, old])
+    assert not q8[3].any() and not q8[7].any() and not o8[:, 3].any() and not o8[:, 7].any()
+    with pytest.raises(ValueError, match="cannot pad"):
+        dm.pad_query_heads({}, {"num_attention_heads": 9, "num_key_value_heads": 3, "hidden_size": 576}, 10)

@@ -7,6 +7,15 @@ core (grid, sharding, combine, planner) and the vLLM plugin entry point stay che
 
 __version__ = "0.1.0"
 
+# A plain checkout on PYTHONPATH (no install, e.g. `make gpu-check` on a machine without vLLM): the top-level
+# `kernels/` directory is `vllm_helix.kernels`, as pyproject's package-dir mapping makes it for an install.
+import os as _os
+
+_checkout = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if (not _os.path.isdir(_os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "kernels"))
+        and _os.path.isfile(_os.path.join(_checkout, "kernels", "_triton.py"))):
+    __path__.append(_checkout)
+
 
 def register() -> None:
     """The `vllm.general_plugins` entry point (see `vllm_helix.plugin.register`)."""

@@ -1,15 +1,16 @@
 # SPDX-License-Identifier: Apache-2.0
 """Helix-only knobs, read from vLLM's `--additional-config '{"helix": {...}}'` and validated (pure).
 
-| key            | values                      | default | meaning                                                         |
-|----------------|-----------------------------|---------|-----------------------------------------------------------------|
-| `hop_b`        | "auto", true, false         | "auto"  | overlap the KVP all-to-all with attention of the next batch slice |
-| `hop_b_slices` | int ≥ 2 or null             | null    | slices per decode batch (null: chosen from the batch size)       |
-| `kernels`      | "auto", "torch", "triton"   | "auto"  | attention/combine kernels: Triton on CUDA, torch on CPU           |
-| `metrics`      | true, false                 | true    | per-rank KV-use and exchange-time gauges                          |
-| `exchange`     | "auto", "shm", "gloo"       | "auto"  | CPU transport of an unsliced exchange (HOP-B slices: gloo async)  |
+| key            | values                            | default | meaning                                             |
+|----------------|-----------------------------------|---------|-----------------------------------------------------|
+| `hop_b`        | "auto", true, false               | "auto"  | overlap the KVP all-to-all with the next slice       |
+| `hop_b_slices` | int ≥ 2 or null                   | null    | slices per decode batch (null: from the batch size)  |
+| `kernels`      | "auto", "native", "torch", "triton" | "auto" | decode attention: Triton on CUDA, native C++ on CPU |
+| `metrics`      | true, false                       | true    | per-rank KV-use and exchange-time gauges             |
+| `exchange`     | "auto", "shm", "gloo"             | "auto"  | CPU transport of an unsliced exchange (HOP-B: gloo)  |
 
-A user who sets nothing gets: HOP-B where the batch allows it, Triton kernels on CUDA, torch on CPU, metrics on,
+A user who sets nothing gets: HOP-B where the batch allows it, Triton kernels on CUDA, the native decode kernel on
+CPU (`vllm_helix.kernels.dispatch` is the one table), metrics on,
 and on CPU the unsliced exchange over vLLM's shared-memory communicator (gloo where it is unavailable).
 """
 
@@ -46,8 +47,8 @@ class HelixConfig:
                 not isinstance(self.hop_b_slices, int) or isinstance(self.hop_b_slices, bool)
                 or self.hop_b_slices < 2):
             raise HelixConfigError(f"helix.hop_b_slices must be an integer ≥ 2 or null, got {self.hop_b_slices!r}")
-        if self.kernels not in ("auto", "torch", "triton"):
-            raise HelixConfigError(f'helix.kernels must be "auto", "torch" or "triton", got {self.kernels!r}')
+        if self.kernels not in ("auto", "native", "torch", "triton"):
+            raise HelixConfigError(f'helix.kernels must be "auto", "native", "torch" or "triton", got {self.kernels!r}')
         if not isinstance(self.metrics, bool):
             raise HelixConfigError(f"helix.metrics must be true or false, got {self.metrics!r}")
         if self.exchange not in ("auto", "shm", "gloo"):

@@ -9,6 +9,9 @@
    ``if __name__ == "__main__":`` guard. Nothing to install: our CLI, tests and benchmarks follow it, and
    `check_main_guard()` explains it when a user script trips over it.
 
+Then it builds the native CPU ops of the Helix backend (`vllm_helix.kernels.cpu_build`: C++ decode attention,
+compiled once for this machine with gcc + ninja) so that the first request does not pay for the compile.
+
 Also returns the environment the CPU recipe needs (`cpu_env`), used by the CLI, tests and benchmarks.
 """
 
@@ -53,7 +56,8 @@ def write_vllm_metadata_shim() -> Path | None:
 
 
 def cpu_env(num_ranks: int = 1, kv_cache_gib: int = 1) -> dict[str, str]:
-    """Environment for vLLM on this CPU machine: offline hub, loopback ZMQ, KV space and OMP binding per rank.
+    """Environment for vLLM on this CPU machine: offline hub, loopback ZMQ and gloo, KV space and OMP binding per
+    rank. (Without `GLOO_SOCKET_IFNAME` gloo listens on the address the host name resolves to, often a LAN one.)
 
     `VLLM_CPU_OMP_THREADS_BIND` gets one core list per rank, cycling over the cores (3 ranks on 2 cores: "0|1|0");
     values the user already set win.
@@ -68,6 +72,7 @@ def cpu_env(num_ranks: int = 1, kv_cache_gib: int = 1) -> dict[str, str]:
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "VLLM_HOST_IP": "127.0.0.1",
+        "GLOO_SOCKET_IFNAME": "lo",
         "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),
         "VLLM_CPU_OMP_THREADS_BIND": bind,
         "VLLM_NO_USAGE_STATS": "1",
@@ -91,4 +96,15 @@ def apply_fixes(verbose: bool = True) -> int:
     if verbose:
         print(f"[setup-cpu] vllm {check.stdout.strip()} imports; fix 3 (`if __name__ == '__main__':` guard) is "
               "followed by vllm-helix's own scripts")
+    return build_native_ops(verbose)
+
+
+def build_native_ops(verbose: bool = True) -> int:
+    """Compile the native CPU ops now (minutes on 2 cores, once). A failed build is reported, not fatal: the
+    backend then runs the torch path and says so in its log and `/helix/status`."""
+    code = "import json; from vllm_helix.kernels import cpu_build; print(json.dumps(cpu_build.status()))"
+    built = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    status = built.stdout.strip().splitlines()[-1] if built.returncode == 0 and built.stdout.strip() else ""
+    if verbose or '"available": false' in status or not status:
+        print(f"[setup-cpu] native CPU ops: {status or built.stderr[-2000:]}")
     return 0

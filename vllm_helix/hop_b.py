@@ -19,7 +19,7 @@ import time
 import torch
 
 from vllm_helix.config import HelixConfig
-from vllm_helix.exchange import finish_exchange, start_exchange
+from vllm_helix.exchange import finish_exchange, pack_partials, send_packed
 from vllm_helix.kernels import dispatch
 from vllm_helix.partial_attention import paged_partial_attention
 
@@ -47,34 +47,65 @@ def plan_slices(num_reqs: int, num_decode_reqs: int, kvp: int, config: HelixConf
 
 
 def _partial(query, key_cache, value_cache, md, r0: int, r1: int, scale: float, rt):
-    """Partial attention for requests r0..r1: the Triton decode kernel on CUDA for decode-only slices, the torch
-    path otherwise (prefill tokens, and everything on CPU)."""
+    """Partial attention for requests r0..r1 → (tokens, H/TPA, D), (tokens, H/TPA): the decode requests among them
+    (they come first, one token each) through the selected decode kernel — native C++ on CPU, Triton on CUDA —
+    and prefill chunks through the torch path."""
     qsl = md.query_start_loc
-    t0, t1 = int(qsl[r0]), int(qsl[r1])
-    if r1 <= md.num_decode_tokens and dispatch.select_impl(query.device, rt.config.kernels) == "triton":
-        return dispatch.decode_attention(query[t0:t1], key_cache, value_cache, md.block_table[r0:r1],
-                                         md.local_seq_lens[r0:r1].to(query.device), scale, force="triton")
-    return paged_partial_attention(
-        query[t0:t1], key_cache, value_cache, md.block_table[r0:r1], md.local_seq_lens[r0:r1],
-        qsl[r0:r1 + 1] - t0, scale, md.query_positions[t0:t1], rt.kvp_rank, rt.grid.kvp, rt.interleave)
+    impl = dispatch.select_impl(query.device, rt.config.kernels)
+    d1 = min(r1, md.num_decode_tokens) if impl != "torch" else r0    # requests r0..d1 decode
+    parts = []
+    if d1 > r0:  # decode tokens r0..d1 (token index = request index for the leading decode requests)
+        parts.append(dispatch.decode_attention(query[r0:d1], key_cache, value_cache, md.block_table[r0:d1],
+                                               md.local_seq_lens[r0:d1].to(query.device), scale, force=impl))
+    if r1 > d1:
+        t0, t1 = int(qsl[d1]), int(qsl[r1])
+        parts.append(paged_partial_attention(
+            query[t0:t1], key_cache, value_cache, md.block_table[d1:r1], md.local_seq_lens[d1:r1],
+            qsl[d1:r1 + 1] - t0, scale, md.query_positions[t0:t1], rt.kvp_rank, rt.grid.kvp, rt.interleave))
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat([parts[0][0], parts[1][0]]), torch.cat([parts[0][1], parts[1][1]])
+
+
+def _partial_packed(query, key_cache, value_cache, md, r0: int, r1: int, scale: float, rt, impl: str):
+    """Partials of requests r0..r1 in the exchange's send layout (KVP, tokens, H/N, D + e): a decode-only slice is
+    written there directly by the decode kernel, anything else is computed by `_partial` and packed."""
+    if impl != "torch" and r1 <= md.num_decode_tokens:
+        whole = r0 == 0 and r1 == md.num_reqs
+        table = md.block_table if whole else md.block_table[r0:r1]
+        lens = md.local_seq_lens if whole else md.local_seq_lens[r0:r1]
+        return dispatch.decode_attention_packed(query if whole else query[r0:r1], key_cache, value_cache, table,
+                                                lens.to(query.device), scale, rt.grid.kvp, force=impl)
+    out, lse = _partial(query, key_cache, value_cache, md, r0, r1, scale, rt)  # (t, H/TPA, D), (t, H/TPA)
+    return pack_partials(out, lse, rt.grid.kvp)
 
 
 def attend_and_exchange(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, md, scale: float,
-                        rt) -> torch.Tensor:
-    """query (tokens, H/TPA, D), caches (blocks, block_size, kv_heads, D) → exact (tokens, H/N, D)."""
+                        rt, out: torch.Tensor | None = None) -> torch.Tensor:
+    """query (tokens, H/TPA, D), caches (blocks, block_size, kv_heads, D) → exact (tokens, H/N, D), written into
+    `out` (allocated if None) and returned. The implementation is chosen once per call (`dispatch.select_impl`)."""
     kvp = rt.grid.kvp
+    impl = dispatch.select_impl(query.device, rt.config.kernels)
     slices = plan_slices(md.num_reqs, md.num_decode_tokens, kvp, rt.config,
                          AUTO_MIN_DECODE_REQS.get(query.device.type, 2))
     pending, exchange_seconds = [], 0.0
     for r0, r1 in slices:
-        out, lse = _partial(query, key_cache, value_cache, md, r0, r1, scale, rt)  # (t, H/TPA, D), (t, H/TPA)
+        send = _partial_packed(query, key_cache, value_cache, md, r0, r1, scale, rt, impl)
         launched = time.perf_counter()
-        pending.append(start_exchange(out, lse, rt.kvp_group, kvp, async_op=len(slices) > 1,
-                                      gather_exchange=rt.kvp_exchange))
+        pending.append(send_packed(send, rt.kvp_group, kvp, async_op=len(slices) > 1,
+                                   local_exchange=rt.kvp_exchange))
         exchange_seconds += time.perf_counter() - launched
     waited = time.perf_counter()
-    combine = functools.partial(dispatch.combine, force=rt.config.kernels)
-    results = [finish_exchange(recv, work, query.shape[-1], query.dtype, combine) for recv, work in pending]
+    if out is None:
+        out = torch.empty(query.shape[0], query.shape[1] // kvp, query.shape[2], dtype=query.dtype,
+                          device=query.device)
+    combine = functools.partial(dispatch.combine_packed, force=impl)
+    if len(slices) == 1:
+        finish_exchange(*pending[0], query.shape[-1], query.dtype, combine, out=out)
+    else:
+        bounds = md.query_start_loc.tolist()
+        for (r0, r1), (recv, work) in zip(slices, pending):
+            finish_exchange(recv, work, query.shape[-1], query.dtype, combine, out=out[bounds[r0]:bounds[r1]])
     rt.stats.exchange_seconds += exchange_seconds + time.perf_counter() - waited  # exposed exchange time
     rt.stats.exchanges += len(slices)
-    return results[0] if len(results) == 1 else torch.cat(results)
+    return out

@@ -1,23 +1,37 @@
 # SPDX-License-Identifier: Apache-2.0
-"""`GET /helix/status` and Helix gauges on vLLM's `/metrics`, as a `vllm.endpoint_plugins` entry point.
+"""`GET /helix/status` and Helix gauges on vLLM's `/metrics`: served by a Helix server, with no opt-in.
 
-vLLM 0.32 loads endpoint plugins only when named in `VLLM_PLUGINS` (e.g. `VLLM_PLUGINS=helix,helix_status`; the
-general plugin `helix` must then be named too). The router reaches the workers only through the engine client's
-`collective_rpc("helix_status")`, the documented way, and refreshes these gauges (label `rank`) on every status
-call and every `poll_seconds` in the background:
+No `vllm.endpoint_plugins` entry point: vLLM 0.32 loads those only when named in `VLLM_PLUGINS`, and warns on
+every start of every server — stock ones included — that it found one while `VLLM_PLUGINS` is unset. Instead
+the general plugin (`vllm_helix.plugin.register`, run in the API server process before the app is built) calls
+`install_status_route`: one guarded wrapper of `vllm.entrypoints.launchers.app.attach_endpoint_plugins`, the
+name that `build_app` (same module; `vllm.entrypoints.openai.api_server` re-exports it) calls after the core
+routers to attach endpoint plugins, with `app.state.args` already set. For `--worker-cls vllm_helix.Worker` it
+attaches `HelixStatusPlugin` and lists it in `app.state.endpoint_plugins`, so that vLLM's own phase B
+(`init_endpoint_plugins_state`, from `init_app_state`) hands it the engine client; for any other worker it
+only calls vLLM's original: a stock server has no Helix route, gauge or log line.
+
+The router reaches the workers only through the engine client's `collective_rpc("helix_status")`, the
+documented way, and refreshes these gauges (label `rank`) on every status call and every `poll_seconds`:
 
     vllm_helix_kv_blocks_in_use      paged KV blocks this rank has written (first attention layer)
     vllm_helix_kv_tokens             tokens whose KV this rank holds
-    vllm_helix_exchange_seconds      cumulative time in the KVP all-to-all + combine (exposed part under HOP-B)
+    vllm_helix_exchange_seconds      cumulative seconds in the KVP all-to-all + combine (exposed under HOP-B)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import sys
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
+
+from vllm_helix.config import is_helix_worker
+
+APP_MODULE = "vllm.entrypoints.launchers.app"  # defines build_app and imports attach_endpoint_plugins by name
 
 _GAUGES = None
 
@@ -61,7 +75,8 @@ async def collect_status(engine_client) -> dict:
 
 
 class HelixStatusPlugin:
-    """vLLM endpoint plugin: `GET /helix/status` plus the gauges above."""
+    """`GET /helix/status` plus the gauges above, in the shape of a vLLM 0.32 endpoint plugin
+    (`vllm.plugins.endpoint_plugins.interface.EndpointPlugin`), attached by `install_status_route`."""
 
     name = "helix_status"
     required_tasks = ("generate",)
@@ -88,5 +103,38 @@ class HelixStatusPlugin:
                 await collect_status(engine_client)
 
 
-def make_plugin() -> HelixStatusPlugin:
-    return HelixStatusPlugin()
+def serves_helix_status(app: FastAPI, supported_tasks) -> bool:
+    """The guard: the app is built for `--worker-cls vllm_helix.Worker` and serves generation."""
+    args = getattr(app.state, "args", None)
+    tasks = set(supported_tasks or ())
+    return is_helix_worker(getattr(args, "worker_cls", None)) and bool(
+        tasks & set(HelixStatusPlugin.required_tasks))
+
+
+def _with_helix_status(original):
+    @functools.wraps(original)
+    def attach_endpoint_plugins(app, supported_tasks, *args, **kwargs):
+        result = original(app, supported_tasks, *args, **kwargs)  # vLLM's own endpoint plugins, unchanged
+        if serves_helix_status(app, supported_tasks):
+            plugin = HelixStatusPlugin()
+            plugin.attach_router(app)
+            app.state.endpoint_plugins = [*getattr(app.state, "endpoint_plugins", []), plugin]  # phase B
+            app.openapi_schema = None
+        return result
+
+    attach_endpoint_plugins.__helix_patched__ = True
+    return attach_endpoint_plugins
+
+
+def install_status_route() -> bool:
+    """Wrap `vllm.entrypoints.launchers.app.attach_endpoint_plugins` once (idempotent) if that module is
+    loaded — it is in every API server process (`vllm serve` imports it before any plugin runs), nowhere else.
+    `build_app` looks the name up in its module at call time, so replacing the module attribute is enough.
+    Returns whether the wrapper is in place."""
+    module = sys.modules.get(APP_MODULE)
+    original = getattr(module, "attach_endpoint_plugins", None)
+    if original is None:
+        return False
+    if not getattr(original, "__helix_patched__", False):
+        module.attach_endpoint_plugins = _with_helix_status(original)
+    return True

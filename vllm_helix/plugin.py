@@ -1,13 +1,16 @@
 # SPDX-License-Identifier: Apache-2.0
 """The `vllm.general_plugins` entry point: `register()`.
 
-vLLM calls it in every process (API server, engine core, each worker). It is idempotent and cheap, and changes
-nothing in vLLM's behaviour unless `--worker-cls vllm_helix.Worker` is used: it only installs the guarded config
-wrappers of `vllm_helix.patches`. The attention backend, model re-sharding and slot mapping are installed by the
-Helix worker itself, in its own process.
+vLLM calls it in every process (API server, engine core, each worker). It is idempotent and cheap, and
+changes nothing in vLLM's behaviour unless `--worker-cls vllm_helix.Worker` is used: it only installs the
+guarded config wrappers of `vllm_helix.patches` and, in an API server process, the guarded `/helix/status`
+route (`vllm_helix.observability.install_status_route`). The attention backend, model re-sharding and slot
+mapping are installed by the Helix worker itself, in its own process.
 """
 
 from __future__ import annotations
+
+import sys
 
 _REGISTERED = False
 
@@ -19,4 +22,8 @@ def register() -> None:
     from vllm_helix import patches
 
     patches.apply()
+    if "vllm.entrypoints.launchers.app" in sys.modules:  # an API server (not engine core, not a worker)
+        from vllm_helix.observability import install_status_route
+
+        install_status_route()
     _REGISTERED = True

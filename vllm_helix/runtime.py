@@ -26,7 +26,7 @@ class HelixRuntime:
     config: HelixConfig
     kvp_group: Any = None          # torch.distributed ProcessGroup of this rank's KVP peers
     tpa_coordinator: Any = None    # vLLM GroupCoordinator of this rank's TPA peers
-    kvp_exchange: Any = None       # callable (KVP, …) → (KVP, …): synchronous all-to-all over shared memory, or None
+    kvp_exchange: Any = None       # ShmExchange: synchronous all-to-all over shared memory (CPU), or None
     interleave: int = 1            # tokens per round-robin unit (= block size by default)
     stats: HelixStats = field(default_factory=HelixStats)
     tracked_layer: str | None = None   # the first attention layer: its KV writes measure per-rank KV use

@@ -23,7 +23,13 @@ Kinds of problem (one line each in the error):
 | block size              | not a multiple of 32 on CPU (non-MLA)              | --block-size 32/64/128                   |
 | interleave              | cp_kv_cache_interleave_size not dividing the block | unset (= block size) or a divisor        |
 | --additional-config     | unknown helix keys, bad values or types            | the listed keys and values               |
-| kernels                 | helix.kernels "triton" on CPU                      | "auto" or "torch"                        |
+| kernels                 | helix.kernels "triton" on CPU, "native" on CUDA    | "auto" (or "torch")                      |
+| platform                | an MLA model on CUDA (no Helix MLA path there)     | vLLM's own DCP for MLA (no --worker-cls), |
+|                         |                                                    | or Helix on CPU                          |
+
+Which attention path the Helix worker installs is decided here too, purely (`helix_attention_path`): the worker
+asks the same function (`vllm_helix.worker._install_backend`), so what is refused before spawning is exactly what
+it could not run.
 """
 
 from __future__ import annotations
@@ -66,6 +72,33 @@ class HelixSetup:
     additional_config: Any = None
 
 
+# (platform, MLA?) → the Helix attention path the worker installs. Missing: not wired (refused).
+HELIX_ATTENTION_PATHS = {
+    ("cpu", False): "gqa",   # vllm_helix.attention.backend over CPU_ATTN (torch / native kernels)
+    ("cpu", True): "mla",    # vllm_helix.attention.mla over CPU_MLA, vLLM's MLA + DCP flow
+    ("cuda", False): "gqa",  # vllm_helix.attention.backend as the CUSTOM backend (Triton kernels)
+}
+
+
+def helix_attention_path(device: str, use_mla: bool) -> str | None:
+    """The Helix attention path for `device` ("cpu" or "cuda") and the model's attention kind, or None where
+    Helix has none: MLA on CUDA (the Helix MLA backend is CPU-only, and the GQA backend cannot run MLA)."""
+    return HELIX_ATTENTION_PATHS.get((device, bool(use_mla)))
+
+
+def attention_path_problem(device: str, use_mla: bool,
+                           architectures: tuple[str, ...] | None = None) -> str | None:
+    """Why Helix cannot attend for this platform and model (None: it can), with what works instead."""
+    if helix_attention_path(device, use_mla) is not None:
+        return None
+    model = ", ".join(architectures or ()) or "this model"
+    return (f"MLA attention ({model}) on {device.upper()}: the Helix worker has no MLA path there (its MLA "
+            "backend, vllm_helix.attention.mla, runs on CPU only); on CUDA serve MLA models without "
+            "--worker-cls vllm_helix.Worker and use vLLM's own decode context parallelism for MLA "
+            "(`vllm serve MODEL -tp N -dcp KVP`: its MLA backends return the LSE and vLLM combines the "
+            "shards), or run Helix on CPU")
+
+
 def _grid(s: HelixSetup) -> list[str]:
     tp, dcp = s.tensor_parallel_size, s.decode_context_parallel_size
     if s.num_heads is None or s.num_kv_heads is None:  # model not known yet: only the arithmetic of the grid
@@ -100,6 +133,9 @@ def _parallel(s: HelixSetup) -> list[str]:
 
 def _model(s: HelixSetup) -> list[str]:
     problems = []
+    platform = attention_path_problem(s.device, s.use_mla, s.architectures)
+    if platform:
+        problems.append(platform)
     if s.architectures is not None:
         supported = SUPPORTED_ARCHITECTURES + MLA_ARCHITECTURES
         bad = [a for a in s.architectures if a not in supported]
@@ -166,6 +202,9 @@ def _helix_options(s: HelixSetup) -> tuple[list[str], HelixConfig | None]:
     if options.kernels == "triton" and s.device == "cpu" and not s.triton_interpret:
         return ['helix.kernels "triton" needs CUDA (Triton has no CPU backend; TRITON_INTERPRET=1 is for tests '
                 'only); on CPU use "auto" or "torch"'], options
+    if options.kernels == "native" and s.device != "cpu":
+        return [f'helix.kernels "native" runs the C++ CPU ops and cannot run on {s.device}; use "auto" (Triton) '
+                'or "torch"'], options
     return [], options
 
 

@@ -7,8 +7,8 @@ Overrides two hooks and adds two RPC methods:
   the model re-sharding and (on CPU) the context-parallel slot mapping — all in this worker process only, and only
   when there is KV to shard (KVP > 1) or the model is MLA; at KVP = 1 vLLM's own attention is the Helix result.
 - `init_device`: after vLLM's groups exist, reuses the DCP group (consecutive ranks) as the KVP group and builds the
-  TPA groups (equal kvp index) with `init_model_parallel_group`; on CPU also a shared-memory group over the KVP
-  ranks for the exchange (`_shm_exchange`).
+  TPA groups (equal kvp index) with `init_model_parallel_group`; on CPU also the shared-memory exchange over the KVP
+  ranks (`_shm_exchange`).
 - `helix_status()` / `helix_reset_stats()`: per-rank grid position, KV use and exchange time, for
   `collective_rpc` (tests, `/helix/status`, metrics).
 """
@@ -22,7 +22,7 @@ from vllm.logger import init_logger
 from vllm.platforms import current_platform
 
 from vllm_helix.config import HelixConfig
-from vllm_helix.grid import HelixGrid
+from vllm_helix.grid import HelixConfigError, HelixGrid
 from vllm_helix.runtime import HelixRuntime, get_runtime, set_runtime
 
 if current_platform.is_cpu():
@@ -30,7 +30,7 @@ if current_platform.is_cpu():
 else:
     from vllm.v1.worker.gpu_worker import Worker as _PlatformWorker
 
-logger = init_logger(__name__)
+logger = init_logger("vllm.helix.worker")  # under "vllm" so vLLM's log handlers show it
 
 BACKEND_PATH = "vllm_helix.attention.backend.HelixAttentionBackend"
 
@@ -40,6 +40,12 @@ def _install_backend(vllm_config) -> None:
     from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
 
     mc, pc = vllm_config.model_config, vllm_config.parallel_config
+    from vllm_helix.validation import attention_path_problem  # the pre-spawn check asks the same function
+
+    problem = attention_path_problem("cpu" if current_platform.is_cpu() else "cuda",
+                                     bool(getattr(mc, "use_mla", False)), tuple(mc.architectures or ()))
+    if problem:
+        raise HelixConfigError(problem)
     if current_platform.is_cpu() and getattr(mc, "use_mla", False):
         # MLA (DeepSeek V2/V3): vLLM's own MLA + DCP flow with a CPU impl that returns the LSE, any dims
         # (vllm_helix.attention.mla); replicated query projection over the KVP group instead of a q all-gather.
@@ -90,29 +96,35 @@ def weight_bytes_by_module(model: torch.nn.Module, dtype_bytes: int) -> dict[str
     return sizes
 
 
-def _shm_exchange(rt, local_rank: int):
-    """A shared-memory all-to-all over this rank's KVP group, or None (then gloo carries the exchange).
+def _shm_exchange(rt, vllm_config):
+    """The native shared-memory all-to-all over this rank's KVP group (`vllm_helix.kernels.cpu_shm_exchange`), or
+    None (then gloo carries the exchange). Its slot holds one step's largest exchange: max_num_batched_tokens
+    tokens × this rank's heads × (head size + LSE), in fp32 at most; larger messages go over gloo."""
+    from vllm_helix.kernels.cpu_shm_exchange import DEFAULT_SLOT_BYTES, ShmExchange
 
-    vLLM's CPU communicator uses its shared-memory ops (`shm_all_gather`, …) only for groups whose name starts
-    with "tp" or "pp" (`CpuCommunicator.__init__`), hence the name of this extra group over the same KVP ranks.
-    """
-    from vllm.distributed import parallel_state as ps
-    from vllm.distributed.device_communicators.cpu_communicator import _CPUSHMDistributed
-
-    from vllm_helix.exchange import shm_all_to_all
-
-    coordinator = ps.init_model_parallel_group(rt.grid.kvp_groups(), local_rank, current_platform.dist_backend,
-                                               use_device_communicator=True, group_name="tp_helix_kvp")
-    communicator = coordinator.device_communicator
-    if not isinstance(getattr(communicator, "dist_module", None), _CPUSHMDistributed):
+    mc = vllm_config.model_config
+    row = (getattr(mc.hf_text_config, "kv_lora_rank", None) or mc.get_head_size()) + 4
+    heads = max(1, rt.grid.num_heads // rt.grid.tpa)
+    tokens = vllm_config.scheduler_config.max_num_batched_tokens
+    slot = max(DEFAULT_SLOT_BYTES, min(64 << 20, tokens * heads * row * 4))
+    try:
+        exchange = ShmExchange(rt.kvp_group, rt.grid.kvp_group(rt.tpa_rank), rt.kvp_rank, slot_bytes=slot)
+    except (RuntimeError, OSError) as exc:
         if rt.config.exchange == "shm":
-            raise RuntimeError("helix.exchange=shm: vLLM's CPU shared-memory communicator is unavailable here "
-                               "(no _C.init_shm_manager or no shared VLLM_DIST_IDENT); use \"auto\" or \"gloo\"")
-        logger.info("Helix: shared-memory exchange unavailable; the KVP exchange uses gloo")
+            raise RuntimeError(f"helix.exchange=shm: the shared-memory exchange is unavailable ({exc}); use "
+                               '"auto" or "gloo"') from exc
+        logger.warning("Helix: shared-memory exchange unavailable (%s); the KVP exchange uses gloo", exc)
         return None
     if rt.rank == 0:
-        logger.info("Helix: KVP exchange over vLLM's CPU shared-memory communicator (HOP-B slices: gloo async)")
-    return shm_all_to_all(coordinator)
+        logger.info("Helix: KVP exchange over shared memory (%d MiB slots; HOP-B slices: gloo async)", slot >> 20)
+    return exchange
+
+
+def _decode_kernel(config: HelixConfig) -> str:
+    """The decode-attention implementation this rank runs (`vllm_helix.kernels.dispatch.describe`)."""
+    from vllm_helix.kernels import dispatch
+
+    return dispatch.describe(current_platform.device_type, config.kernels)
 
 
 def _kv_elements_per_slot(model, kv_heads_per_rank: int) -> int:
@@ -153,6 +165,8 @@ class Worker(_PlatformWorker):
         if rank == 0:
             logger.info("Helix active: N=%d = KVP %d x TPA %d, block %d, interleave %d, %s", grid.world_size,
                         grid.kvp, grid.tpa, cc.block_size, pc.cp_kv_cache_interleave_size, config)
+        if self.helix_attention and not mc.use_mla and rank == 0:
+            logger.info("Helix decode attention: %s", _decode_kernel(config))
 
     def init_device(self) -> None:
         super().init_device()
@@ -168,7 +182,7 @@ class Worker(_PlatformWorker):
             rt.grid.tpa_groups(), self.local_rank, current_platform.dist_backend,
             use_device_communicator=False, group_name="helix_tpa")
         if rt.grid.kvp > 1 and current_platform.is_cpu() and rt.config.exchange != "gloo":
-            rt.kvp_exchange = _shm_exchange(rt, self.local_rank)
+            rt.kvp_exchange = _shm_exchange(rt, self.vllm_config)
 
     def helix_status(self) -> dict:
         """This rank's grid position, KV use and exchange statistics (for collective_rpc)."""
@@ -186,7 +200,8 @@ class Worker(_PlatformWorker):
                 "exchange": "none" if rt.grid.kvp == 1 else ("shm" if rt.kvp_exchange else "gloo"),
                 "num_heads": rt.grid.num_heads, "num_kv_heads": rt.grid.num_kv_heads,
                 "block_size": rt.block_size or self.cache_config.block_size, "interleave": rt.interleave,
-                "hop_b": rt.config.hop_b, "kernels": rt.config.kernels, "rank_table": rt.grid.rank_table()}
+                "hop_b": rt.config.hop_b, "kernels": rt.config.kernels, "rank_table": rt.grid.rank_table(),
+                "decode_kernel": _decode_kernel(rt.config) if self.helix_attention else "vllm"}
         return {"grid": grid, "rank": rt.rank, "tpa_index": t, "kvp_index": k, "kv_tokens": slots, "kv_blocks": blocks,
                 "block_size": rt.block_size, "exchange_seconds": rt.stats.exchange_seconds,
                 "exchanges": rt.stats.exchanges, "attention_seconds": rt.stats.attention_seconds,

@@ -31,6 +31,10 @@ def tiny_models(tmp_path_factory):
         "gqa2": make_tiny_llama(root / "gqa2", heads=8, kv_heads=2, seed=2),
         "gqa4": make_tiny_llama(root / "gqa4", heads=8, kv_heads=4, seed=3),
         "qwen3": make_tiny_llama(root / "qwen3", heads=8, kv_heads=2, seed=4, arch="qwen3"),
+        # the other architectures the README lists (test_architectures.py, test_user_config.py)
+        "mha": make_tiny_llama(root / "mha", heads=8, kv_heads=8, seed=21),
+        "mistral": make_tiny_llama(root / "mistral", heads=8, kv_heads=2, seed=22, arch="mistral"),
+        "qwen2": make_tiny_llama(root / "qwen2", heads=8, kv_heads=4, seed=23, arch="qwen2"),
     }
 
 

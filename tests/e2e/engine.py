@@ -6,6 +6,21 @@ greedily for `spec["prompts"]` (token-id lists or strings), optionally collects 
 optional further `phases` on the same engine (each may first change Helix knobs via `helix_configure`; stats are
 reset before each), and prints one JSON line prefixed with RESULT. Keeping each engine in its own process keeps the test process clean and
 lets a stuck engine be killed as a whole.
+
+A phase may also name worker functions to run on every rank through `collective_rpc` just before
+(`"rpc_before"`) and just after (`"rpc_after"`) its generate call, as "module:function" strings (e.g.
+"tests.e2e.kv_probe:measure_kv_caches"); their per-rank results land in the phase's entry under "rpc" by that
+name. Shipping a function needs `VLLM_ALLOW_INSECURE_SERIALIZATION=1` in `env_extra`.
+
+`"chats"` (a list of OpenAI-style message lists) runs `LLM.chat` — vLLM's own chat-template rendering, as
+`vllm serve`'s /v1/chat/completions uses — with the same greedy parameters, after the prompts; the result then
+has "chat_tokens", "chat_texts" and "chat_prompt_ids".
+
+`"logprobs": k` samples each generated token's top-k logprobs, recorded best first as
+[[token_id, logprob], ...] per token under "logprobs" (prompts) and "chat_logprobs" (chats);
+`"ignore_eos": false` stops at EOS (default: true, every request runs to max_tokens). Every record of prompts
+has "num_cached_tokens" per request (prompt tokens served from vLLM's prefix cache,
+`RequestOutput.num_cached_tokens`).
 """
 
 from __future__ import annotations
@@ -20,7 +35,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_engine(spec: dict, timeout: float = 420.0, env_extra: dict | None = None) -> dict:
+def run_engine(spec: dict, timeout: float = 420.0, env_extra: dict | None = None,
+               log: list[str] | None = None) -> dict:
+    """`log`, if given, receives the engine process's whole output (stdout and stderr)."""
     from vllm_helix.cpu_setup import cpu_env
 
     ranks = spec["llm"].get("tensor_parallel_size", 1)
@@ -36,6 +53,8 @@ def run_engine(spec: dict, timeout: float = 420.0, env_extra: dict | None = None
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    if log is not None:
+        log.append(out)
     for line in reversed(out.splitlines()):
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
@@ -50,15 +69,60 @@ def attention_impl_classes(worker) -> list[str]:
                    if isinstance(m, Attention)})
 
 
+def engine_state(worker) -> dict:
+    """Run inside a worker (collective_rpc, e.g. a phase's "rpc_after": "tests.e2e.engine:engine_state"): how this
+    rank's engine really runs — vLLM 0.32's `compilation_config.mode`/`backend` after the platform adjusted them
+    (CPU turns VLLM_COMPILE into DYNAMO_TRACE_ONCE + inductor), whether a `@support_torch_compile` module of the
+    model has run compiled (`.compiled`, set by vllm.compilation.decorators after the first compiled call),
+    the scheduler's token budget and prefix caching."""
+    cfg = worker.vllm_config
+    compiled = sorted(name for name, m in worker.model_runner.model.named_modules()
+                      if getattr(m, "do_not_compile", True) is False and getattr(m, "compiled", False) is True)
+    return {"mode": cfg.compilation_config.mode.name, "backend": cfg.compilation_config.backend,
+            "compiled_modules": compiled, "enforce_eager": cfg.model_config.enforce_eager,
+            "max_num_batched_tokens": cfg.scheduler_config.max_num_batched_tokens,
+            "chunked_prefill": cfg.scheduler_config.enable_chunked_prefill,
+            "prefix_caching": cfg.cache_config.enable_prefix_caching, "block_size": cfg.cache_config.block_size}
+
+
+def _worker_fn(name: str):
+    """Import "module:function" (a function collective_rpc ships to the workers; they import it by reference)."""
+    import importlib
+
+    module, _, attr = name.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _run_rpcs(llm, names: list[str], into: dict) -> None:
+    for name in names:
+        into.setdefault("rpc", {})[name] = llm.collective_rpc(_worker_fn(name))
+
+
+def _logprobs(outputs: list, key: str) -> dict:
+    """{key: per request, per generated token, [[token_id, logprob], ...] best first}, or {} if not sampled."""
+    if not outputs or outputs[0].outputs[0].logprobs is None:
+        return {}
+    return {key: [[sorted(([tid, lp.logprob] for tid, lp in step.items()), key=lambda e: -e[1])
+                   for step in o.outputs[0].logprobs] for o in outputs]}
+
+
 def _main(spec: dict) -> None:
     from vllm import LLM, SamplingParams
 
     llm = LLM(**spec["llm"])
     prompts = [{"prompt_token_ids": p} if isinstance(p, list) else p for p in spec["prompts"]]
-    params = SamplingParams(temperature=0, max_tokens=spec.get("max_tokens", 64), ignore_eos=True)
+    params = SamplingParams(temperature=0, max_tokens=spec.get("max_tokens", 64),
+                            ignore_eos=spec.get("ignore_eos", True), logprobs=spec.get("logprobs"))
     outputs = llm.generate(prompts, params, use_tqdm=False)
     result = {"tokens": [list(o.outputs[0].token_ids) for o in outputs],
-              "texts": [o.outputs[0].text for o in outputs]}
+              "texts": [o.outputs[0].text for o in outputs],
+              "num_cached_tokens": [o.num_cached_tokens for o in outputs], **_logprobs(outputs, "logprobs")}
+    if spec.get("chats"):
+        chats = llm.chat(spec["chats"], params, use_tqdm=False)
+        result.update(chat_tokens=[list(o.outputs[0].token_ids) for o in chats],
+                      chat_texts=[o.outputs[0].text for o in chats],
+                      chat_prompt_ids=[list(o.prompt_token_ids) for o in chats],
+                      **_logprobs(chats, "chat_logprobs"))
     if spec.get("status"):
         result["status"] = llm.collective_rpc("helix_status")
     if spec.get("impl_classes"):
@@ -68,9 +132,14 @@ def _main(spec: dict) -> None:
             llm.collective_rpc("helix_configure", kwargs=phase["configure"])
         if spec.get("status"):
             llm.collective_rpc("helix_reset_stats")
+        entry: dict = {}
+        _run_rpcs(llm, phase.get("rpc_before", []), entry)
         out = llm.generate([{"prompt_token_ids": p} if isinstance(p, list) else p for p in phase["prompts"]],
                            params, use_tqdm=False)
-        entry = {"tokens": [list(o.outputs[0].token_ids) for o in out]}
+        entry["tokens"] = [list(o.outputs[0].token_ids) for o in out]
+        entry["num_cached_tokens"] = [o.num_cached_tokens for o in out]
+        entry.update(_logprobs(out, "logprobs"))
+        _run_rpcs(llm, phase.get("rpc_after", []), entry)
         if spec.get("status"):
             entry["status"] = llm.collective_rpc("helix_status")
         result.setdefault("phases", []).append(entry)

@@ -27,13 +27,17 @@ def _owned_shm_files(proc: subprocess.Popen) -> set[str]:
 
 
 @contextlib.contextmanager
-def vllm_server(model: str, args: list[str], ranks: int = 1, timeout: float = 300.0, env_extra: dict | None = None):
-    """Yield (base_url, process) of a running `vllm serve MODEL ARGS...`; always torn down afterwards."""
+def vllm_server(model: str, args: list[str], ranks: int = 1, timeout: float = 300.0,
+                env_extra: dict | None = None, log_text: list[str] | None = None):
+    """Yield (base_url, process) of a running `vllm serve MODEL ARGS...`; always torn down afterwards. Without
+    `VLLM_PLUGINS` (as a user runs it: the general plugin loads, and serves /helix/status for the Helix
+    worker) unless `env_extra` sets it. `log_text`, if given, receives the server's whole output after
+    shutdown."""
     from vllm_helix.cpu_setup import cpu_env
 
     port = free_port()
-    env = {**os.environ, **cpu_env(ranks), "PYTHONPATH": str(REPO), "VLLM_PLUGINS": "helix,helix_status",
-           **(env_extra or {})}
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_PLUGINS"}
+    env.update({**cpu_env(ranks), "PYTHONPATH": str(REPO), **(env_extra or {})})
     vllm_cli = str(Path(sys.executable).with_name("vllm"))
     cmd = [vllm_cli, "serve", model, "--host", "127.0.0.1", "--port", str(port), *args]
     owned: set[str] = set()
@@ -61,6 +65,9 @@ def vllm_server(model: str, args: list[str], ranks: int = 1, timeout: float = 30
         for name in owned:
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join("/dev/shm", name))
+        if log_text is not None:
+            log.seek(0)
+            log_text.append(log.read())
         log.close()
         with contextlib.suppress(OSError):
             os.unlink(log.name)

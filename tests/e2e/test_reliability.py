@@ -1,25 +1,42 @@
 # SPDX-License-Identifier: Apache-2.0
 """Reliability of `vllm serve --worker-cls vllm_helix.Worker` (issue 10): a rank killed mid-stream, 64 concurrent
-streams, bad input, `--api-key`, loopback defaults.
+streams, bad input, prompts beyond max-model-len and beyond the KV capacity (each on its own), `--api-key`.
+(Loopback binding is checked on the sockets `vllm-helix serve-demo` really opens, in test_helix_serve.py.)
 
 Model: a tiny random MQA Llama with SmolLM2's tokenizer (`tiny_chat_model`), float32, Helix `-tp 2 -dcp 2`
-(KVP 2 × TPA 1). One server is shared by the concurrency, bad-input and API-key tests; the rank-kill test has its
-own. Measured figures are printed as `RELIABILITY {...}` lines (run pytest with -s to see them).
+(KVP 2 × TPA 1). One server is shared by the concurrency, bad-input, KV-capacity and API-key tests; the rank-kill
+test has its own, and the startup check of a max-model-len beyond the KV capacity starts (and sees refused) one
+more. Measured figures are printed as `RELIABILITY {...}` lines (run pytest with -s to see them).
+
+KV capacity of the shared server: `--num-gpu-blocks-override 64` blocks of 32 tokens per rank, one of which vLLM
+0.32's block pool holds back (the null block), and Helix spreads a sequence over KVP = 2 ranks by block, so
+
+    capacity = (64 − 1) · 32 · KVP = 4032 tokens of one sequence      (vLLM logs "KV cache size: 4,096 tokens")
+
+and its max-model-len is set to 2048, well inside it: a prompt longer than 2048 tokens is refused for its length
+while its KV would fit, and requests that each fit 2048 can together exceed 4032.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import signal
+import subprocess
+import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
 
-from tests.e2e.proc_tools import group_processes, tracked_server, worker_processes
+from tests.e2e.engine import REPO
+from tests.e2e.proc_tools import group_processes, shm_files_of, tracked_server, worker_processes
+from tests.e2e.server import free_port, stop_process_group
 from tests.e2e.streams import run_concurrently, stream_completion
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -28,7 +45,9 @@ API_KEY = "helix-test-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 NEW_TOKENS = 12
 STARTUP_S = 420.0  # ~30 s on an idle 2-core runner; generous for runners shared with other engines
-BLOCKS_PER_RANK = 64  # --num-gpu-blocks-override: KV capacity 64 blocks × 32 tokens × KVP 2 ≈ 4K tokens
+BLOCKS_PER_RANK = 64  # --num-gpu-blocks-override
+KV_CAPACITY = (BLOCKS_PER_RANK - 1) * 32 * 2  # tokens: (blocks − vLLM's null block) × block size × KVP = 4032
+MAX_MODEL_LEN = 2048  # of the shared server: below its KV capacity
 SERVER_ARGS = ["--worker-cls", "vllm_helix.Worker", "-tp", "2", "-dcp", "2", "--dtype", "float32",
                "--enforce-eager", "--block-size", "32", "--served-model-name", "tiny", "--max-num-seqs", "64"]
 
@@ -46,12 +65,13 @@ def tiny_chat(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tiny_chat):
-    """Shared Helix server: API key on, KV capacity capped and max_model_len fitted to it (auto-fit)."""
+    """Shared Helix server: API key on, KV capacity capped at 4032 tokens, max_model_len 2048 below it."""
     args = SERVER_ARGS + ["--api-key", API_KEY, "--num-gpu-blocks-override", str(BLOCKS_PER_RANK),
-                          "--max-model-len=-1"]
+                          "--max-model-len", str(MAX_MODEL_LEN)]
     with tracked_server(tiny_chat, args, ranks=2, timeout=STARTUP_S) as handle:
         models = requests.get(f"{handle.base}/v1/models", headers=AUTH, timeout=30).json()
         handle.max_model_len = models["data"][0]["max_model_len"]
+        assert handle.max_model_len == MAX_MODEL_LEN, models
         yield handle
     assert not handle.leftover_pids, f"processes left after shutdown: {handle.leftover_pids}"
     assert not handle.leftover_shm, f"/dev/shm files left after shutdown: {handle.leftover_shm}"
@@ -108,12 +128,18 @@ BAD_REQUESTS = [  # (name, path, kwargs for requests.post, expected status range
 @pytest.mark.timeout(300)
 def test_bad_input_is_a_4xx_and_the_server_stays_up(server):
     base, limit = server.base, server.max_model_len
+    too_long = {  # prompt length the message must name, for the cases refused for their length
+        "prompt longer than max_model_len (its KV would fit)": limit + 5,
+        "prompt longer than the model's 8192 positions": 9000,
+        "streamed prompt longer than max_model_len": limit + 5,
+    }
+    assert limit + 5 < KV_CAPACITY
     cases = list(BAD_REQUESTS) + [
-        ("prompt longer than max_model_len = KV capacity", "/v1/completions",
+        ("prompt longer than max_model_len (its KV would fit)", "/v1/completions",
          {"json": {"model": "tiny", "prompt": [100] * (limit + 5), "max_tokens": 2}}),
         ("prompt longer than the model's 8192 positions", "/v1/completions",
          {"json": {"model": "tiny", "prompt": [100] * 9000, "max_tokens": 2}}),
-        ("streamed prompt longer than the KV capacity", "/v1/completions",
+        ("streamed prompt longer than max_model_len", "/v1/completions",
          {"json": {"model": "tiny", "prompt": [100] * (limit + 5), "max_tokens": 2, "stream": True}}),
     ]
     statuses = {}
@@ -125,6 +151,11 @@ def test_bad_input_is_a_4xx_and_the_server_stays_up(server):
         body = r.json()
         message = json.dumps(body)
         assert len(message) > 20 and ("message" in message or "detail" in message), f"{name}: {message}"
+        if name in too_long:  # vLLM 0.32: "This model's maximum context length is 2048 tokens. However, your
+            #                 prompt contains 2053 input tokens, …" — a 400 naming both numbers
+            assert r.status_code == 400, f"{name}: HTTP {r.status_code}"
+            assert f"maximum context length is {limit} tokens" in message, f"{name}: {message}"
+            assert f"contains {too_long[name]} input tokens" in message, f"{name}: {message}"
         assert requests.get(f"{base}/health", timeout=10).status_code == 200, f"server unhealthy after {name}"
     # prompt + max_tokens beyond max_model_len is not an error in vLLM 0.32: max_tokens is clamped to what fits
     r = requests.post(f"{base}/v1/completions", headers=AUTH, timeout=60,
@@ -148,19 +179,79 @@ def test_api_key_is_enforced_with_the_helix_worker(server):
     assert requests.get(f"{server.base}/health", timeout=10).status_code == 200  # health stays open, as in vLLM
 
 
-@pytest.mark.timeout(60)
-def test_demo_binds_loopback_by_default():
-    import argparse
+def _preemptions(base: str) -> float:
+    """vLLM's `vllm:num_preemptions_total` counter from /metrics (sum over engines)."""
+    from prometheus_client.parser import text_string_to_metric_families
 
-    from vllm_helix import demo_server
+    text = requests.get(f"{base}/metrics", headers=AUTH, timeout=30).text
+    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+               if s.name == "vllm:num_preemptions_total")
 
-    args = argparse.Namespace(host="127.0.0.1", port=8000, dtype="bfloat16", max_model_len=8192, max_num_seqs=16,
-                              stock=False, tp=3, dcp=3)
-    cmd = demo_server.build_command("/m", args, [])
-    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
-    assert "0.0.0.0" not in cmd
-    source = open(demo_server.__file__).read()  # the CLI default, without building the demo model
-    assert 'p.add_argument("--host", default="127.0.0.1")' in source
+
+@pytest.mark.timeout(300)
+def test_requests_beyond_kv_capacity_together_all_complete_as_alone(server):
+    """Three requests that each fit max_model_len (1200 prompt + 200 new tokens) but together need more KV than the
+    server has: 3 · ⌈1400 / 64⌉ = 66 blocks of 2 × 32 tokens > the 63 usable. vLLM 0.32 admits all three (3 · 19
+    blocks of prompt fit), and when decode runs out of blocks it preempts the newest request, frees its KV and
+    recomputes it later. What a user gets: every request completes (HTTP 200, all 200 tokens, `[DONE]`) with the
+    tokens it gets alone; only the wait is longer. `vllm:num_preemptions_total` rising shows the capacity was
+    really exceeded."""
+    rng = random.Random(12)
+    bodies = [{"model": "tiny", "prompt": [rng.randrange(10, 40000) for _ in range(1200)], "max_tokens": 200,
+               "temperature": 0, "ignore_eos": True} for _ in range(3)]
+    assert sum(len(b["prompt"]) + b["max_tokens"] for b in bodies) > KV_CAPACITY
+    assert all(len(b["prompt"]) + b["max_tokens"] <= MAX_MODEL_LEN for b in bodies)
+    before = _preemptions(server.base)
+    together = run_concurrently(server.base, bodies, AUTH, read_timeout=240)
+    preempted = _preemptions(server.base) - before
+    failures = [(i, r.error) for i, r in enumerate(together) if r.error is not None or not r.done]
+    assert not failures, failures
+    assert preempted >= 1, "the three requests never ran out of KV blocks: the test did not exceed the capacity"
+    alone = [stream_completion(server.base, b, AUTH, read_timeout=240) for b in bodies]
+    for i, (a, c) in enumerate(zip(alone, together)):
+        assert a.error is None and a.done, (i, a.error)
+        assert len(c.token_ids) == 200 and c.token_ids == a.token_ids, f"request {i}: preempted run != alone"
+    assert requests.get(f"{server.base}/health", timeout=10).status_code == 200
+    report(test="beyond KV capacity together", requests=3, kv_capacity_tokens=KV_CAPACITY,
+           tokens_needed=sum(len(b["prompt"]) + b["max_tokens"] for b in bodies), preemptions=preempted)
+
+
+@pytest.mark.timeout(STARTUP_S + 120)
+def test_max_model_len_beyond_kv_capacity_is_refused_at_startup(tiny_chat):
+    """A server whose KV capacity is smaller than its max-model-len: vLLM 0.32 refuses to start it. Its engine
+    core checks, after profiling, that one request of max_model_len fits the KV cache (`check_enough_kv_cache_memory`,
+    which counts `--num-gpu-blocks-override` less the null block and divides a sequence over the DCP = KVP ranks)
+    and raises `ValueError: To serve at least one request with the model's max seq len (4033), … the estimated
+    maximum model length is 4032 …`; `vllm serve` then exits with status 1 — no hang, no port left open, no
+    request can ever find a KV cache too small for a prompt that max-model-len admits (the shared server above, at
+    exactly this block budget, starts with any max-model-len up to 4032). Observed: exit within the startup time of
+    a normal server, the message in the server's log."""
+    from vllm_helix.cpu_setup import cpu_env
+
+    port = free_port()
+    env = {**os.environ, **cpu_env(2), "PYTHONPATH": str(REPO), "VLLM_PLUGINS": "helix,helix_status"}
+    cmd = [str(Path(sys.executable).with_name("vllm")), "serve", tiny_chat, "--host", "127.0.0.1", "--port",
+           str(port), *SERVER_ARGS, "--num-gpu-blocks-override", str(BLOCKS_PER_RANK),
+           "--max-model-len", str(KV_CAPACITY + 1)]
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code = proc.wait(STARTUP_S)
+        except subprocess.TimeoutExpired:
+            code = None
+        finally:
+            shm = shm_files_of([p.pid for p in group_processes(proc.pid)])
+            stop_process_group(proc)
+            for name in shm:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join("/dev/shm", name))
+        log.seek(0)
+        text = log.read()
+    assert code is not None, f"vllm serve still running after {STARTUP_S}s:\n{text[-3000:]}"
+    assert code != 0, text[-3000:]
+    assert f"max seq len ({KV_CAPACITY + 1})" in text, text[-3000:]
+    assert f"estimated maximum model length is {KV_CAPACITY}" in text, text[-3000:]
+    report(test="max-model-len beyond KV capacity at startup", exit_code=code, kv_capacity_tokens=KV_CAPACITY)
 
 
 @pytest.mark.timeout(600)

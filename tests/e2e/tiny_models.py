@@ -1,5 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Tiny random Hugging Face checkpoints (no hub) for end-to-end tests: MQA/GQA Llama, Qwen3; float32."""
+"""Tiny random Hugging Face checkpoints (no hub) for end-to-end tests: MQA/GQA/MHA Llama, Mistral, Qwen2,
+Qwen3 (GQA family) and DeepSeek-V3 (MLA + MoE); float32. Plus `hf_greedy_tokens`, transformers' own greedy
+continuation of such a checkpoint."""
 
 from __future__ import annotations
 
@@ -9,7 +11,12 @@ from pathlib import Path
 
 def make_tiny_llama(path: Path, *, heads: int = 8, kv_heads: int = 1, head_dim: int = 32, layers: int = 2,
                     vocab: int = 512, intermediate: int = 256, seed: int = 0, arch: str = "llama") -> Path:
-    """Write a random-weight checkpoint to `path` (idempotent) and return it.
+    """Write a random-weight checkpoint of a Llama-family `arch` to `path` (idempotent) and return it.
+
+    arch: "llama" (LlamaForCausalLM; kv_heads == heads is MHA), "mistral" (MistralForCausalLM with
+    `sliding_window: null`, i.e. full attention), "qwen2" (Qwen2ForCausalLM: q/k/v projections carry a
+    bias, set to non-zero random values — transformers initialises them to 0, which would leave the bias
+    path untested — and no sliding window) or "qwen3" (Qwen3ForCausalLM: per-head q/k RMSNorm).
 
     Weights use a large init range so that greedy logits have clear winners: exact-token comparisons between
     parallel layouts then test the math, not float ties.
@@ -21,16 +28,24 @@ def make_tiny_llama(path: Path, *, heads: int = 8, kv_heads: int = 1, head_dim: 
     import transformers
 
     torch.manual_seed(seed)
-    common = dict(vocab_size=vocab, hidden_size=heads * head_dim, intermediate_size=intermediate,
-                  num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-                  head_dim=head_dim, max_position_embeddings=4096, initializer_range=0.08,
-                  tie_word_embeddings=False, torch_dtype="float32")
+    common = {"vocab_size": vocab, "hidden_size": heads * head_dim, "intermediate_size": intermediate,
+              "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+              "head_dim": head_dim, "max_position_embeddings": 4096, "initializer_range": 0.08,
+              "tie_word_embeddings": False, "torch_dtype": "float32"}
     if arch == "qwen3":
-        config = transformers.Qwen3Config(**common)
-        model = transformers.Qwen3ForCausalLM(config)
+        model = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**common))
+    elif arch == "qwen2":
+        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common, use_sliding_window=False))
+        with torch.no_grad():  # q/k/v biases: non-zero, of the same scale as the weights
+            for name, param in model.named_parameters():
+                if name.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias")):
+                    param.normal_(0.0, 0.5)
+    elif arch == "mistral":
+        model = transformers.MistralForCausalLM(transformers.MistralConfig(**common, sliding_window=None))
+    elif arch == "llama":
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common))
     else:
-        config = transformers.LlamaConfig(**common)
-        model = transformers.LlamaForCausalLM(config)
+        raise ValueError(f"unknown tiny architecture {arch!r}")
     model.save_pretrained(path, safe_serialization=True)
     cfg = json.loads((path / "config.json").read_text())
     cfg["torch_dtype"] = "float32"
@@ -82,3 +97,29 @@ def make_tiny_deepseek_v3(path: Path, *, heads: int = 8, hidden: int = 256, kv_l
     cfg.update(torch_dtype="float32", topk_method="noaux_tc", scoring_func="sigmoid")
     (path / "config.json").write_text(json.dumps(cfg, indent=1))
     return path
+
+
+def hf_greedy_tokens(path: Path, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
+    """Greedy continuations of token-id prompts by Hugging Face transformers' own implementation of the
+    checkpoint (float32, one prompt at a time, its KV cache): the next token is argmax of the last
+    position's logits, `max_tokens` times, never stopping at EOS (vLLM's `ignore_eos`). A reference
+    independent of vLLM, for checkpoints stock vLLM cannot run on CPU."""
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    outputs, threads = [], torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: one thread is faster on 2 shared cores (≈ 3 s per 64 tokens)
+    try:
+        with torch.inference_mode():
+            for prompt in prompts:
+                step_input, cache, tokens = torch.tensor([prompt]), None, []   # (1, prompt_len), then (1, 1)
+                for _ in range(max_tokens):
+                    out = model(input_ids=step_input, past_key_values=cache, use_cache=True)
+                    cache = out.past_key_values
+                    tokens.append(int(out.logits[0, -1].argmax()))
+                    step_input = torch.tensor([[tokens[-1]]])
+                outputs.append(tokens)
+    finally:
+        torch.set_num_threads(threads)
+    return outputs

@@ -1,5 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Kernel tests run the real Triton kernels in interpreter mode on CPU tensors (no GPU here)."""
+"""Kernel tests run the real Triton kernels in interpreter mode on CPU tensors (no GPU here) — or, with
+`HELIX_TRITON_COMPILED=1` (`make gpu-check`, tests/kernels/gpu_check.py), compiled for the GPU and run on
+it: TRITON_INTERPRET stays unset and CUDA is the default device of every test, so the same tests build their
+inputs on the GPU. Without a CUDA device every test is then skipped with that reason."""
 
 from __future__ import annotations
 
@@ -10,11 +13,19 @@ import warnings
 import pytest
 import torch
 
+COMPILED_ENV = "HELIX_TRITON_COMPILED"
+COMPILED = os.environ.get(COMPILED_ENV) == "1"
+NO_GPU = (f"compiled Triton kernel tests ({COMPILED_ENV}=1) need a CUDA GPU; none found "
+          "(torch.cuda.is_available() is False)")
+
 # Must precede the first `import triton`: triton.jit (also that of tl.sum, tl.max, ... in triton.language)
 # reads it when a function is defined, and interpreted kernels cannot call GPU-compiled helpers. It is set for
 # the collection (when the kernel modules are imported) and then per kernel test, see the hooks below.
 _PREVIOUS_INTERPRET = os.environ.get("TRITON_INTERPRET")
-os.environ["TRITON_INTERPRET"] = "1"
+if COMPILED:
+    os.environ.pop("TRITON_INTERPRET", None)
+else:
+    os.environ["TRITON_INTERPRET"] = "1"
 
 
 def _reimport_triton_interpreted() -> None:
@@ -38,7 +49,7 @@ def _reimport_triton_interpreted() -> None:
 
 
 _language = getattr(sys.modules.get("triton"), "language", None)
-if _language is not None and type(_language.sum).__name__ != "InterpretedFunction":
+if not COMPILED and _language is not None and type(_language.sum).__name__ != "InterpretedFunction":
     _reimport_triton_interpreted()
 
 # Tolerances of issue 7: max abs error vs the torch reference, and no element beyond it.
@@ -71,12 +82,39 @@ def _seed():
 
 @pytest.fixture(autouse=True)
 def _interpret(monkeypatch):
-    """The launchers run CPU tensors only when TRITON_INTERPRET is set."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    """The launchers run CPU tensors only when TRITON_INTERPRET is set; compiled mode: CUDA by default."""
+    if not COMPILED:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        yield
+        return
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    torch.set_default_device("cuda")
+    try:
+        yield
+    finally:
+        torch.set_default_device(None)
+
+
+@pytest.fixture
+def kernel_device() -> torch.device:
+    """Where the kernel tests' tensors live: CUDA in compiled mode, else CPU (interpreter)."""
+    return torch.device("cuda" if COMPILED else "cpu")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Compiled mode without a GPU: skip every kernel test, saying a GPU is needed."""
+    if not COMPILED or torch.cuda.is_available():
+        return
+    here = os.path.dirname(os.path.abspath(__file__))
+    for item in items:
+        if str(item.path).startswith(here):
+            item.add_marker(pytest.mark.skip(reason=NO_GPU))
 
 
 def pytest_collection_finish(session):
     """The kernels are defined by now: give other tests (and the vLLM processes they start) their environment."""
+    if COMPILED:
+        return
     if _PREVIOUS_INTERPRET is None:
         os.environ.pop("TRITON_INTERPRET", None)
     else:

@@ -29,15 +29,16 @@ def test_exits_2_without_cuda(capsys):
 
 
 @pytest.mark.parametrize("op", ["decode", "mla", "combine"])
-def test_bench_logic_on_cpu(op):
-    """Tiny shapes, fake 1 ms timer: no number here is a measurement."""
+def test_bench_logic_on_cpu(op, kernel_device):
+    """Tiny shapes, fake 1 ms timer: no number here is a measurement. On CPU (interpreter), or on the GPU in
+    compiled mode (`make gpu-check`)."""
     module = _load()
     args = module.parse_args(
         ["--op", op, "--dtype", "fp32", "--batch", "2", "--heads", "4", "--kv-heads", "2", "--head-dim", "64",
          "--kv-lora-rank", "32", "--rope-dim", "16", "--context", "40", "--kvp", "2", "--num-splits", "2",
          "--peak-gbps", "1000"]
     )  # fmt: skip
-    result = module.bench(args, device=torch.device("cpu"), timer=lambda fn: 1.0)
+    result = module.bench(args, device=kernel_device, timer=lambda fn: 1.0)
     expected_bytes = {
         "decode": 2 * 20 * 2 * 2 * 64 * 4 + 2 * 2 * 4 * 64 * 4 + 2 * 4 * 4,
         "mla": 2 * 20 * 48 * 4 + 2 * 4 * 48 * 4 + 2 * 4 * 32 * 4 + 2 * 4 * 4,

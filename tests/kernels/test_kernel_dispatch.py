@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Backend selection: Triton launchers on CUDA (platform check monkeypatched, no GPU), torch on CPU."""
+"""Backend selection: Triton launchers on CUDA (platform check monkeypatched, no GPU), native ops (or torch) on CPU."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -20,11 +21,19 @@ def _no_env(monkeypatch):
 
 def test_select_impl_modes(monkeypatch):
     cpu = torch.device("cpu")
-    assert dispatch.select_impl(cpu) == "torch"
+    monkeypatch.setattr(dispatch, "_native_unavailable", lambda: None)
+    assert dispatch.select_impl(cpu) == "native"
+    assert dispatch.select_impl(cpu, force="native") == "native"
+    monkeypatch.setattr(dispatch, "_native_unavailable", lambda: "no compiler")
+    assert dispatch.select_impl(cpu) == "torch"  # auto degrades when the native ops cannot build
+    with pytest.raises(RuntimeError, match="no compiler"):
+        dispatch.select_impl(cpu, force="native")
     assert dispatch.select_impl(cpu, force="torch") == "torch"
     monkeypatch.setattr(dispatch, "_is_cuda", lambda device: True)
     assert dispatch.select_impl(cpu) == "triton"
     assert dispatch.select_impl(cpu, force="torch") == "torch"
+    with pytest.raises(RuntimeError, match="CPU ops"):
+        dispatch.select_impl(cpu, force="native")
     monkeypatch.setenv(dispatch.ENV_VAR, "torch")
     assert dispatch.select_impl(cpu) == "torch"
     assert dispatch.select_impl(cpu, force="auto") == "triton"  # force wins over the environment
@@ -101,7 +110,8 @@ def test_ops_call_triton_launchers_on_cuda(monkeypatch, on_cuda):
 
 
 def test_torch_path_without_triton():
-    """With triton unimportable, `vllm_helix.kernels` imports and every op runs its torch reference."""
+    """With triton unimportable and the native ops off, `vllm_helix.kernels` imports and every op runs its torch
+    reference."""
     code = textwrap.dedent(
         """
         import sys
@@ -120,5 +130,6 @@ def test_torch_path_without_triton():
         print("ok")
         """
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "VLLM_HELIX_NATIVE": "0"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]

@@ -105,5 +105,5 @@ def test_rejects_bad_inputs(monkeypatch):
     with pytest.raises(ValueError, match="num_splits"):
         partial_decode_attention(q, k, v, table, seq_lens, 1.0, num_splits=0)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(ValueError, match="needs CUDA tensors"):
-        partial_decode_attention(q, k, v, table, seq_lens, 1.0)
+    with pytest.raises(ValueError, match="needs CUDA tensors"):  # CPU tensors (also in compiled mode)
+        partial_decode_attention(q.cpu(), k.cpu(), v.cpu(), table.cpu(), seq_lens.cpu(), 1.0)

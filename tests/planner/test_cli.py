@@ -36,7 +36,8 @@ def test_simulate_switches(capsys):
     base = ["--paper", "--json"]
     assert simulate_main(base) == 0
     default = json.loads(capsys.readouterr().out)
-    assert simulate_main(base + ["--hop-b-off", "lockstep", "--wire-dtype", "fp4", "--mla-a2a", "latent"]) == 0
+    alt_flags = ["--hop-b-off", "lockstep", "--wire-dtype", "fp4", "--mla-a2a", "v_head"]
+    assert simulate_main(base + alt_flags) == 0
     alt = json.loads(capsys.readouterr().out)
     for name in default:
         assert set(alt[name]) == KEYS
@@ -55,12 +56,31 @@ def test_plan_smollm2_cpu_runnable(capsys):
     assert argv[argv.index("--worker-cls") + 1] == "vllm_helix.Worker"
     tp, dcp = int(argv[argv.index("-tp") + 1]), int(argv[argv.index("-dcp") + 1])
     assert tp == 3 and tp % dcp == 0 and 3 % (tp // dcp) == 0  # N = KVP·TPA, TPA | K = 3
-    assert json.loads(argv[argv.index("--additional-config") + 1])["helix"]["hop_b"] in (True, False)
+    helix_cfg = json.loads(argv[argv.index("--additional-config") + 1])["helix"]
+    assert helix_cfg["hop_b"] == (out["best"]["hop_b"] and out["best"]["hop_b_slices"] > 1)
     for flag in ("--dtype", "--enforce-eager", "--host"):
         assert flag in argv
     assert out["env"]["VLLM_CPU_OMP_THREADS_BIND"] == "0|1|0"
     assert int(out["env"]["VLLM_CPU_KVCACHE_SPACE"]) >= 1
     assert out["best"]["ttl_ms"] <= 300
+
+
+def _helix_config(out: dict) -> dict:
+    argv = shlex.split(out["command"])
+    return json.loads(argv[argv.index("--additional-config") + 1])["helix"]
+
+
+def test_plan_passes_hop_b_slices_to_the_runtime(capsys):
+    # The serve line asks the runtime for the slice count the estimate pipelined (helix.hop_b_slices).
+    budget = ["--context", "1M", "--ttl-ms", "30", "--gpus", "64", "--json"]
+    assert plan_main(["--model", "llama-405b", *budget]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["best"]["hop_b"] and out["best"]["hop_b_slices"] > 1
+    assert _helix_config(out) == {"hop_b": True, "hop_b_slices": out["best"]["hop_b_slices"]}
+    # The runtime's MLA path has no HOP-B (one exchange per layer), so an MLA plan never counts on it.
+    assert plan_main(["--model", "deepseek-r1", *budget]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert not out["best"]["hop_b"] and _helix_config(out) == {"hop_b": False}
 
 
 def test_plan_text_and_infeasible_budget(capsys):

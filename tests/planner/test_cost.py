@@ -135,13 +135,45 @@ def test_lockstep_off_pays_one_latency_per_request():
 
 
 def test_mla_exchange_payload_and_v_up_placement():
-    latent = dataclasses.replace(DSR1, mla_a2a_latent=True)
-    assert (DSR1.a2a_elems_per_head(), latent.a2a_elems_per_head()) == (128, 512)  # v_head default, latent
+    # Default = the runtime's exchange: the kv_lora_rank latent, W_UV (v_b_proj) after the combine at TP = N.
+    vhead = dataclasses.replace(DSR1, mla_a2a_latent=False)
+    assert (DSR1.a2a_elems_per_head(), vhead.a2a_elems_per_head()) == (512, 128)
     g = helix(n=64, b=64, kvp=64, tpa=1)
-    vh, lt = estimate(DSR1, HW, FP4, S, g), estimate(latent, HW, FP4, S, g)
+    lt, vh = estimate(DSR1, HW, FP4, S, g), estimate(vhead, HW, FP4, S, g)
     assert lt.parts["a2a"] > vh.parts["a2a"]
-    # Latent: v_b_proj runs after the exchange at TP = N instead of on every KVP rank.
+    # v_head: v_b_proj runs before the exchange on every KVP rank instead of once per head group at TP = N.
     moved = DSR1.n_layers * DSR1.v_up_params(DSR1.n_heads) * (1 - 1 / 64) * FP4.weight_bytes
     assert vh.mem["weights"] - lt.mem["weights"] == pytest.approx(moved, rel=1e-9)
     tp = Grid("tp", 8, 8, tpa=8)  # baselines are untouched by the Helix exchange choice
-    assert estimate(DSR1, HW, FP4, S, tp).ttl_s == estimate(latent, HW, FP4, S, tp).ttl_s
+    assert estimate(DSR1, HW, FP4, S, tp).ttl_s == estimate(vhead, HW, FP4, S, tp).ttl_s
+
+
+def test_exchange_bytes_are_what_the_runtime_packs():
+    # One truth: per token and query head the planner charges what vllm_helix.exchange.pack_partials sends,
+    # the partial output (MLA: the kv_lora_rank latent that HelixMLAImpl.forward_mqa returns) + one fp32 LSE.
+    torch = pytest.importorskip("torch")
+    from vllm_helix.exchange import pack_partials
+    from vllm_helix.planner.cost import LSE_BYTES, layer_detail
+
+    for m, g in ((DSR1, helix(n=8, b=3, kvp=8, tpa=1)), (LLAMA, helix(n=16, b=3, kvp=2, tpa=8))):
+        q_loc = m.n_heads // g.tpa
+        out = torch.zeros(g.batch, q_loc, m.a2a_elems_per_head(), dtype=torch.bfloat16)  # (B, H/TPA, D)
+        packed = pack_partials(out, torch.zeros(g.batch, q_loc), g.kvp)  # (KVP, B, H/N, D + e)
+        runtime_bytes = packed.numel() * packed.element_size()
+        assert layer_detail(g, m, HW, PRECISIONS["bf16"], S, False)["a2a_bytes"] == runtime_bytes
+        assert runtime_bytes == g.batch * q_loc * (m.a2a_elems_per_head() * 2 + LSE_BYTES)
+
+
+def test_layer_detail_sums_to_estimate_and_bounds_hop_b():
+    from vllm_helix.planner.cost import LAYER_PARTS, layer_detail
+
+    for m, g in ((LLAMA, helix(b=55)), (DSR1, helix(b=315, kvp=64, tpa=1))):
+        e = estimate(m, HW, FP4, S, g)
+        off = estimate(m, HW, FP4, S, dataclasses.replace(g, hop_b=False))
+        d = layer_detail(g, m, HW, FP4, S, m.is_moe)
+        if not m.is_moe:  # every layer alike: the step is L layers + the LM head
+            assert m.n_layers * sum(d[k] for k in LAYER_PARTS) + e.parts["lm_head"] == pytest.approx(e.ttl_s)
+        assert e.hop_b_slices == d["slices"] > 1
+        wire = d["a2a_batch"] - HW.coll_latency_s
+        # HOP-B hides at most the exchange's wire time (every slice pays α, the last one stays exposed).
+        assert 0 < off.ttl_s - e.ttl_s <= m.n_layers * wire * (1 - 1 / d["slices"]) * (1 + 1e-9)

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Pre-spawn validation (`vllm_helix.validation`): every kind of configuration Helix cannot run gives one clear
-error naming the values and what works; configurations that work pass. Pure: no vLLM import."""
+error naming the values and what works; configurations that work pass. Pure: no vLLM import (except the check
+that the worker's backend choice refuses what validation refuses, which imports the worker module)."""
 
 import types
 
@@ -9,11 +10,18 @@ import pytest
 from vllm_helix import patches
 from vllm_helix.config import MLA_ARCHITECTURES, SUPPORTED_ARCHITECTURES, HelixConfig
 from vllm_helix.grid import HelixConfigError
-from vllm_helix.validation import HelixSetup, setup_problems, validate_setup
+from vllm_helix.validation import (
+    HelixSetup,
+    attention_path_problem,
+    helix_attention_path,
+    setup_problems,
+    validate_setup,
+)
 
 LLAMA = ("LlamaForCausalLM",)
 SMOL = dict(num_heads=9, num_kv_heads=3, architectures=LLAMA)      # SmolLM2-135M
 MQA = dict(num_heads=8, num_kv_heads=1, architectures=LLAMA)
+DEEPSEEK = dict(num_heads=16, num_kv_heads=16, architectures=("DeepseekV3ForCausalLM",))
 GQA2 = dict(num_heads=8, num_kv_heads=2, architectures=LLAMA)
 
 
@@ -99,13 +107,19 @@ INVALID = [
     ("helix bool of the wrong type", setup(additional_config={"helix": {"metrics": "yes"}}),
      ["helix.metrics must be true or false, got 'yes'"]),
     ("helix kernels unknown", setup(additional_config={"helix": {"kernels": "cuda"}}),
-     ['helix.kernels must be "auto", "torch" or "triton"', "'cuda'"]),
+     ['helix.kernels must be "auto", "native", "torch" or "triton"', "'cuda'"]),
     ("helix section not an object", setup(additional_config={"helix": [1]}),
      ['"helix" must be a JSON object, got [1]']),
     ("additional config not an object", setup(additional_config="helix"),
      ["--additional-config must be a JSON object, got 'helix'"]),
     ("Triton kernels on CPU", setup(additional_config={"helix": {"kernels": "triton"}}),
      ['helix.kernels "triton" needs CUDA', '"auto" or "torch"']),
+    ("native kernels on CUDA", setup(additional_config={"helix": {"kernels": "native"}}, device="cuda",
+                                     block_size=64),
+     ['helix.kernels "native" runs the C++ CPU ops and cannot run on cuda', 'use "auto" (Triton)']),
+    ("MLA on CUDA", setup(2, 2, DEEPSEEK, use_mla=True, device="cuda", block_size=64),
+     ["MLA attention (DeepseekV3ForCausalLM) on CUDA", "runs on CPU only",
+      "without --worker-cls vllm_helix.Worker", "`vllm serve MODEL -tp N -dcp KVP`", "or run Helix on CPU"]),
 ]
 
 
@@ -134,6 +148,34 @@ def test_every_problem_is_listed_at_once():
 def test_supported_architectures_are_the_model_surgery_ones():
     assert "LlamaForCausalLM" in SUPPORTED_ARCHITECTURES and "Qwen3ForCausalLM" in SUPPORTED_ARCHITECTURES
     assert "DeepseekV3ForCausalLM" in MLA_ARCHITECTURES
+
+
+def test_attention_path_is_decided_per_platform_and_attention_kind():
+    """The one decision, pure: GQA/MQA/MHA on CPU and CUDA, MLA on CPU only; MLA on CUDA is refused."""
+    assert helix_attention_path("cpu", False) == "gqa"
+    assert helix_attention_path("cpu", True) == "mla"
+    assert helix_attention_path("cuda", False) == "gqa"
+    assert helix_attention_path("cuda", True) is None
+    for device, mla in (("cpu", False), ("cpu", True), ("cuda", False)):
+        assert attention_path_problem(device, mla) is None
+    assert attention_path_problem("cuda", True).startswith("MLA attention (this model) on CUDA")
+    # the same model on CPU, or at a KVP of 1, is no different: MLA on CUDA is refused whatever the grid
+    assert setup_problems(setup(2, 2, DEEPSEEK, use_mla=True, block_size=16)) == []
+    assert len(setup_problems(setup(1, 1, DEEPSEEK, use_mla=True, device="cuda"))) == 1
+
+
+def test_the_worker_refuses_mla_on_cuda_with_the_same_decision(monkeypatch):
+    """Behind the pre-spawn check, the worker's own backend choice asks the same function (no GPU needed):
+    on CUDA an MLA model gets the error, not the GQA backend."""
+    pytest.importorskip("vllm.v1.attention.backends.registry")
+    from vllm_helix import worker
+
+    monkeypatch.setattr(worker, "current_platform", types.SimpleNamespace(is_cpu=lambda: False))
+    config = types.SimpleNamespace(model_config=types.SimpleNamespace(use_mla=True,
+                                                                      architectures=["DeepseekV2ForCausalLM"]),
+                                   parallel_config=types.SimpleNamespace())
+    with pytest.raises(HelixConfigError, match=r"MLA attention \(DeepseekV2ForCausalLM\) on CUDA"):
+        worker._install_backend(config)
 
 
 # ---- the patch wrappers: no-ops (the original called with the same arguments) unless the Helix worker is used ----

@@ -129,7 +129,8 @@ class HelixAttentionImpl(AttentionImpl):
         n = attn_metadata.num_actual_tokens
         key_cache, value_cache = split_kv_cache(kv_cache)
         started = time.perf_counter()
-        combined = attend_and_exchange(query[:n], key_cache, value_cache, attn_metadata, self.scale, rt)
-        output[:n].copy_(combined)
+        target = output[:n]
+        attend_and_exchange(query[:n], key_cache, value_cache, attn_metadata, self.scale, rt,
+                            out=target if target.dim() == 3 else target.view(n, -1, query.shape[-1]))
         rt.stats.attention_seconds += time.perf_counter() - started
         return output

@@ -30,6 +30,7 @@ CUDA), for any C, R and block size.
 
 from __future__ import annotations
 
+import functools
 import time
 
 import torch
@@ -95,8 +96,8 @@ def _helix_combine(partial_out: torch.Tensor, partial_lse: torch.Tensor, *, grou
     Empty shards already carry LSE = −inf and O = 0, so `seq_lens` is not needed.
     """
     started = time.perf_counter()
-    recv, work = start_exchange(partial_out, partial_lse, group, kvp, gather_exchange=rt.kvp_exchange)
-    combine = lambda o, l, dt: dispatch.combine(o, l, dt, force=rt.config.kernels)  # noqa: E731
+    recv, work = start_exchange(partial_out, partial_lse, group, kvp, local_exchange=rt.kvp_exchange)
+    combine = functools.partial(dispatch.combine_packed, force=rt.config.kernels)
     out = finish_exchange(recv, work, partial_out.shape[-1], partial_out.dtype, combine)  # (B, H_g/KVP, C)
     rt.stats.exchange_seconds += time.perf_counter() - started
     rt.stats.exchanges += 1

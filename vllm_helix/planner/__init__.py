@@ -4,9 +4,9 @@
 No vLLM or torch import; matplotlib only for ``plot``. Entry points: ``cli.plan_main``, ``cli.simulate_main``.
 """
 
-from .cost import PRECISIONS, Estimate, Grid, Precision, estimate
-from .hardware import PROFILES, Hardware, get_hardware
-from .models import BUILTIN, ModelSpec, load_model
+from vllm_helix.planner.cost import PRECISIONS, Estimate, Grid, Precision, estimate
+from vllm_helix.planner.hardware import PROFILES, Hardware, get_hardware
+from vllm_helix.planner.models import BUILTIN, ModelSpec, load_model
 
 __all__ = ["BUILTIN", "PRECISIONS", "PROFILES", "Estimate", "Grid", "Hardware", "ModelSpec", "Precision",
            "estimate", "get_hardware", "load_model"]

@@ -15,10 +15,10 @@ import math
 import shlex
 import sys
 
-from .cost import PRECISIONS, Estimate
-from .hardware import PROFILES, get_hardware
-from .models import BUILTIN, load_model
-from .search import BASELINES, best_under_ttl, gpu_counts, paper_experiment, sweep
+from vllm_helix.planner.cost import PRECISIONS, Estimate
+from vllm_helix.planner.hardware import PROFILES, get_hardware
+from vllm_helix.planner.models import BUILTIN, load_model
+from vllm_helix.planner.search import BASELINES, best_under_ttl, gpu_counts, paper_experiment, sweep
 
 
 def parse_context(text: str) -> int:
@@ -38,8 +38,8 @@ def _describe(e: Estimate) -> dict:
     g = e.grid
     return {
         "strategy": g.strategy, "n_gpus": g.n_gpus, "batch": g.batch, "kvp": g.kvp, "tpa": g.tpa,
-        "tpf": g.tpf,
-        "ep": g.ep, "pp": g.pp, "hop_b": g.hop_b, "ttl_ms": round(e.ttl_s * 1e3, 4),
+        "tpf": g.tpf, "ep": g.ep, "pp": g.pp, "hop_b": g.hop_b, "hop_b_slices": e.hop_b_slices,
+        "ttl_ms": round(e.ttl_s * 1e3, 4),
         "tokens_per_s_user": round(e.tokens_per_s_user, 3), "tokens_per_s_gpu": round(e.tokens_per_s_gpu, 4),
         "memory_gb": {k: round(v / 1e9, 3) for k, v in e.mem.items()},
     }
@@ -50,7 +50,12 @@ def serve_command(model_id: str, e: Estimate, context: int, hardware: str) -> tu
     g = e.grid
     if model_id == "HuggingFaceTB/SmolLM2-135M-Instruct" and hardware == "cpu":
         model_id = "$(vllm-helix demo-model --quiet)"  # the embedded checkpoint: there is no hub here
-    extra = json.dumps({"helix": {"hop_b": g.hop_b}})
+    # The runtime slices as the estimate did: HOP-B only when the model picked c >= 2 slices, then exactly c
+    # (vllm_helix.hop_b.plan_slices; its own default is min(4, B) slices).
+    helix = {"hop_b": g.hop_b and e.hop_b_slices > 1}
+    if helix["hop_b"]:
+        helix["hop_b_slices"] = e.hop_b_slices
+    extra = json.dumps({"helix": helix})
     cmd = ["vllm", "serve", model_id, "--worker-cls", "vllm_helix.Worker", "-tp", str(g.n_gpus),
            "-dcp", str(g.kvp), "--additional-config", extra]
     if g.ep > 1:
@@ -98,6 +103,8 @@ def plan_main(argv: list[str]) -> int:
     strategies = ("helix",) + tuple(b for b in BASELINES if (b != "medha" or not model.is_moe)
                                    and (b != "ep" or model.is_moe))
     pts = sweep(model, hw, prec, args.context, strategies, gpus)
+    if model.is_mla:  # the runtime's MLA path has no HOP-B, one exchange per layer (docs/mla-moe.md)
+        pts = [e for e in pts if not (e.grid.strategy == "helix" and e.grid.hop_b)]
     best = best_under_ttl([e for e in pts if e.grid.strategy == "helix"], args.ttl_ms / 1e3)
     if best is None:
         fastest = min((e for e in pts if e.grid.strategy == "helix"), key=lambda e: e.ttl_s, default=None)
@@ -130,7 +137,9 @@ def _fmt(d: dict) -> str:
 def _print_plan(out: dict) -> None:
     print(f"Helix plan for {out['model']} on {out['hardware']} ({out['dtype']}), context {out['context']:,}, "
           f"TTL budget {out['ttl_budget_ms']} ms")
-    print(f"  best   {_fmt(out['best'])}  HOP-B {'on' if out['best']['hop_b'] else 'off'}")
+    best = out["best"]
+    hop_b = f"on, {best['hop_b_slices']} slices" if best["hop_b"] and best["hop_b_slices"] > 1 else "off"
+    print(f"  best   {_fmt(best)}  HOP-B {hop_b}")
     print("  best of each baseline under the same budget:")
     for s, d in out["baselines"].items():
         print(f"         {_fmt(d)}" if d else f"         {s:<6} no grid meets the budget")
@@ -147,11 +156,14 @@ def _simulate_parser() -> argparse.ArgumentParser:
     ap.add_argument("--paper", action="store_true", required=True, help="run the paper's experiment")
     ap.add_argument("--json", action="store_true", help="print only the headline ratios as one JSON object")
     ap.add_argument("--plot", metavar="PNG", help="write the Pareto figure to this PNG")
+    ap.add_argument("--explain", action="store_true", help="print one Helix layer term by term (Markdown): "
+                    "best-interactivity grid at B = 1 and 8, and the point where HOP-B off costs most")
     ap.add_argument("--hardware", default="gb200-nvl72", choices=sorted(PROFILES))
     ap.add_argument("--coll-latency-us", type=float, help="override the per-collective latency")
-    ap.add_argument("--mla-a2a", choices=("v_head", "latent"), default="v_head",
-                    help="MLA all-to-all payload per head: v_head_dim output (default) or the kv_lora_rank "
-                    "latent with v_b_proj after the exchange (TensorRT-LLM)")
+    ap.add_argument("--mla-a2a", choices=("latent", "v_head"), default="latent",
+                    help="MLA all-to-all payload per head: the kv_lora_rank latent with v_b_proj after the "
+                    "exchange (default: what vllm-helix and TensorRT-LLM run) or the v_head_dim output, "
+                    "v_b_proj before the exchange on every KVP rank")
     ap.add_argument("--wire-dtype", choices=("bf16", "fp8", "fp4"), default="bf16",
                     help="dtype of activations and partial outputs in every collective (default bf16)")
     ap.add_argument("--hop-b-off", choices=("batched", "lockstep"), default="batched",
@@ -169,14 +181,21 @@ def simulate_main(argv: list[str]) -> int:
     latent = args.mla_a2a == "latent"
     models["deepseek-r1"] = dataclasses.replace(models["deepseek-r1"], mla_a2a_latent=latent)
     wire = {"bf16": 2.0, "fp8": 1.0, "fp4": 0.5}[args.wire_dtype]
-    res = paper_experiment(hw, dataclasses.replace(PRECISIONS["fp4"], comm_bytes=wire), models)
+    prec = dataclasses.replace(PRECISIONS["fp4"], comm_bytes=wire)
+    res = paper_experiment(hw, prec, models)
     ratios = {name: {k: round(v, 4) for k, v in r["headline"].items()} for name, r in res.items()}
     if args.plot:
-        from .plot import plot_pareto  # matplotlib only when asked
+        from vllm_helix.planner.plot import plot_pareto  # matplotlib only when asked
 
         plot_pareto(res, args.plot)
     if args.json:
         print(json.dumps(ratios))
+        return 0
+    if args.explain:
+        from vllm_helix.planner.explain import explain
+        from vllm_helix.planner.search import PAPER_CONTEXT
+
+        print(explain(res, models, hw, prec, PAPER_CONTEXT), end="")
         return 0
     paper = {"deepseek-r1": (1.5, 32.0, 0.01), "llama-405b": (1.13, 4.0, 0.12)}
     print(f"Helix paper experiment on {hw.name} (FP4, context 1M, 1-64 GPUs, collective latency "

@@ -13,15 +13,19 @@ One decode step of a batch of B requests, each with S cached tokens, on N device
 
 Attention core bytes = b·(S/KVP)·kv_elems(k)·kv_bytes with k = ⌈K/TPA⌉ KV heads on the device (paper App. A:
 B·2·⌈K/TPA⌉·Hsz·S/KVP·bytes). FLOPs are 2 per weight per token and ``attn_flops_per_pos`` per query head per
-cached position. The KVP combine exchanges, per token and local query head, the partial output (Hsz; MLA
-v_head_dim, or kv_lora_rank with ``mla_a2a_latent``) at ``comm_bytes`` each plus fp32 (max, sum). HOP-B
-(``hop_b_time``) splits the batch into c slices (best c ≤ B) and pipelines attention with the exchange:
+cached position. The KVP combine exchanges what this runtime's ``vllm_helix.exchange.pack_partials`` packs:
+per token and local query head the partial output (Hsz; MLA kv_lora_rank, the latent, or v_head_dim with
+``mla_a2a_latent=False``) at ``comm_bytes`` each plus one fp32 LSE (``LSE_BYTES``). HOP-B (``hop_b_plan``)
+splits the batch into c slices (best c ≤ B) and pipelines attention with the exchange:
 ``core/c + a2a(B/c) + (c-1)·max(core/c, a2a(B/c))`` (Σ compute + last exchange when the exchange is shorter).
-HOP-B off is ``core + a2a(B)``: one all-to-all for the batch; ``Hardware.a2a_lockstep`` instead charges
-one exchange per request, ``core + B·a2a(1)`` (the paper's Fig. 3 reading). Strategies (``Grid.strategy``):
+HOP-B off is ``core + a2a(B)``: one all-to-all for the batch, as ``vllm_helix.hop_b`` issues it;
+``Hardware.a2a_lockstep`` instead charges one exchange per request, ``core + B·a2a(1)`` (the paper's Fig. 3
+read literally). ``layer_detail`` returns every term of one layer with its bytes.
+
+Strategies (``Grid.strategy``):
 
 - ``helix``: attention KVP×TPA = N (TPA ≤ K, K % TPA == 0, QKV weights replicated over KVP), one all-to-all of
-  partial outputs + fp32 (max, sum) stats, O-projection TP = N + all-reduce, FFN TP = N (dense) or TPF×EP = N
+  partial outputs + fp32 LSE, O-projection TP = N + all-reduce, FFN TP = N (dense) or TPF×EP = N
   (MoE, one all-reduce over N = intra-expert all-reduce + inter-expert all-gather).
 - ``tp``: attention and FFN TP = N (KV duplicated when N > K; MLA latent duplicated on every rank).
 - ``tp_pp``: TP = N/PP per stage, PP stages, B/PP requests per micro-batch, PP micro-batches in flight.
@@ -36,11 +40,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .hardware import Hardware
-from .models import ModelSpec
+from vllm_helix.planner.hardware import Hardware
+from vllm_helix.planner.models import ModelSpec
 
 STRATEGIES = ("helix", "tp", "tp_pp", "medha", "ep")
-STATS_BYTES = 8  # fp32 (max, sum) softmax statistics per token per query head
+LSE_BYTES = 4  # one fp32 log-sum-exp per token and query head, packed with the partials (pack_partials)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +97,7 @@ class Estimate:
     parts: dict
     mem: dict
     hbm_bytes: float
+    hop_b_slices: int = 1  # batch slices HOP-B pipelines (1: none), the runtime's ``helix.hop_b_slices``
 
     @property
     def feasible(self) -> bool:
@@ -153,8 +158,13 @@ def phase(hw: Hardware, p: Precision, nbytes: float, flops: float) -> float:
 
 
 def hop_b_time(core: float, a2a_of, batch: int, enabled: bool, lockstep: bool = False) -> float:
-    """Attention core of ``batch`` requests plus their KVP all-to-all; ``a2a_of(f)`` costs the exchange of a
-    fraction f of the batch.
+    """Seconds of ``hop_b_plan``."""
+    return hop_b_plan(core, a2a_of, batch, enabled, lockstep)[0]
+
+
+def hop_b_plan(core: float, a2a_of, batch: int, enabled: bool, lockstep: bool = False) -> tuple[float, int]:
+    """(seconds, slices) of the attention core of ``batch`` requests plus their KVP all-to-all; ``a2a_of(f)``
+    costs the exchange of a fraction f of the batch.
 
     HOP-B on: c slices (c = 1, 2, 4, ... ≤ B, the best kept), each slice's exchange issued when its attention
     ends, exchanges serialised on the communicator:
@@ -165,13 +175,16 @@ def hop_b_time(core: float, a2a_of, batch: int, enabled: bool, lockstep: bool = 
     it), or with ``lockstep`` one exchange per request, none overlapped: ``core + B·a2a(1/B)``. Paper
     Fig. 3 (B = 8, compute 2 and exchange 1.2 per request, no fixed latency): off 8·2 + 8·1.2 = 25.6 either
     way, on 2 + 1.2 + 7·2 = 17.2. With a fixed latency α the two off readings differ by (B-1)·α.
+
+    What HOP-B can hide is bounded by the exchange's wire time: ``T_off - T_on(c) ≤ (1 - 1/c)·(a2a(B) - α)``
+    for the batched reading, since every slice pays its own α and the last slice's exchange stays exposed.
     """
     if not enabled:
-        return core + (batch * a2a_of(1.0 / batch) if lockstep else a2a_of(1.0))
-    best, c = core + a2a_of(1.0), 2
+        return core + (batch * a2a_of(1.0 / batch) if lockstep else a2a_of(1.0)), 1
+    best, c = (core + a2a_of(1.0), 1), 2
     while c <= batch:
         comp, comm = core / c, a2a_of(1.0 / c)
-        best = min(best, comp + comm + (c - 1) * max(comp, comm))
+        best = min(best, (comp + comm + (c - 1) * max(comp, comm), c))
         c *= 2
     return best
 
@@ -201,46 +214,64 @@ def _moe_active(m: ModelSpec, local_experts: float, tokens: int) -> float:
     return local_experts * (1.0 - (1.0 - m.top_k / m.n_experts) ** tokens)
 
 
-def _ffn(g: Grid, m: ModelSpec, hw: Hardware, p: Precision, moe: bool, tokens: int) -> tuple[float, float]:
-    """(compute, communication) seconds of one FFN layer on one device."""
+def _ffn(g: Grid, m: ModelSpec, hw: Hardware, p: Precision, moe: bool,
+         tokens: int) -> tuple[float, float, float]:
+    """(compute, communication) seconds of one FFN layer on one device, and the bytes each collective of that
+    communication carries per device."""
     w, h, cb = g.ffn_width, m.hidden, p.comm_bytes
     if not moe:
         params = m.dense_ffn_params / w
-        return phase(hw, p, params * p.weight_bytes, 2 * tokens * params), allreduce(hw, w, tokens * h * cb)
+        return (phase(hw, p, params * p.weight_bytes, 2 * tokens * params), allreduce(hw, w, tokens * h * cb),
+                tokens * h * cb)
     routed = _moe_active(m, m.n_experts / g.ep, tokens) * m.expert_params / g.tpf
     if g.strategy == "ep":  # DP attention: shared expert replicated, tokens dispatched/combined by all-to-all
         t_loc = math.ceil(tokens / g.n_gpus)
         shared = m.n_shared_experts * m.expert_params
         flops = 2 * tokens * m.top_k * m.expert_params / w + 2 * t_loc * shared
-        comm = 2 * alltoall(hw, g.n_gpus, t_loc * m.top_k * h * cb)
+        comm_bytes = t_loc * m.top_k * h * cb
+        comm = 2 * alltoall(hw, g.n_gpus, comm_bytes)
     else:
         shared = m.n_shared_experts * m.expert_params / w
         flops = 2 * tokens * (m.top_k + m.n_shared_experts) * m.expert_params / w
-        comm = allreduce(hw, w, tokens * h * cb)
+        comm_bytes = tokens * h * cb
+        comm = allreduce(hw, w, comm_bytes)
     nbytes = (routed + shared + h * m.n_experts) * p.weight_bytes
-    return phase(hw, p, nbytes, flops), comm
+    return phase(hw, p, nbytes, flops), comm, comm_bytes
 
 
-def _layer(g: Grid, m: ModelSpec, hw: Hardware, p: Precision, s: int, moe: bool) -> dict:
+LAYER_PARTS = ("qkv", "attention", "a2a", "o_proj", "allreduce", "ffn", "ffn_comm")
+
+
+def layer_detail(g: Grid, m: ModelSpec, hw: Hardware, p: Precision, s: int, moe: bool) -> dict:
+    """Every term of one layer on one device: seconds for ``LAYER_PARTS`` (``a2a`` = exposed exchange time,
+    attention + a2a = the HOP-B pipeline), plus ``a2a_bytes`` / ``ar_bytes`` / ``ffn_comm_bytes`` (bytes per
+    device per collective, before the (n-1)/n wire factor), ``a2a_batch`` (one exchange of the whole batch,
+    α + wire), ``a2a_off`` (exposed exchange with HOP-B off) and ``slices`` (HOP-B's pick)."""
     q_loc, kv_loc, s_loc, b_loc, o_w = _attn_layout(g, m, s)
     tokens = g.batch // g.pp  # tokens entering O-projection / FFN on one device (all but DP attention)
     qkv = _attn_params(g, m, q_loc, kv_loc)
     t_qkv = phase(hw, p, qkv * p.weight_bytes, 2 * b_loc * qkv)
     kv_read = b_loc * s_loc * m.kv_elems(kv_loc) * p.kv_bytes
     core = phase(hw, p, kv_read, b_loc * q_loc * s_loc * m.attn_flops_per_pos())
-    a2a_bytes = b_loc * q_loc * (m.a2a_elems_per_head() * p.comm_bytes + STATS_BYTES)
+    a2a_bytes = b_loc * q_loc * (m.a2a_elems_per_head() * p.comm_bytes + LSE_BYTES)
+    slices, a2a_off = 1, 0.0
     if g.strategy in ("helix", "medha"):
         a2a_of = lambda f: alltoall(hw, g.kvp, f * a2a_bytes)  # noqa: E731
-        attn = hop_b_time(core, a2a_of, b_loc, g.hop_b, hw.a2a_lockstep)
+        attn, slices = hop_b_plan(core, a2a_of, b_loc, g.hop_b, hw.a2a_lockstep)
         a2a = attn - core
+        a2a_off = hop_b_time(core, a2a_of, b_loc, False, hw.a2a_lockstep) - core
     else:
-        attn, a2a = core, 0.0
+        attn, a2a, a2a_bytes = core, 0.0, 0.0
     o_tokens = b_loc if g.strategy == "ep" else tokens
     t_o = phase(hw, p, m.o_params / o_w * p.weight_bytes, 2 * o_tokens * m.o_params / o_w)
-    ar_o = 0.0 if g.strategy == "ep" else allreduce(hw, o_w, tokens * m.hidden * p.comm_bytes)
-    ffn, ffn_comm = _ffn(g, m, hw, p, moe, g.batch if g.strategy == "ep" else tokens)
+    ar_bytes = 0.0 if g.strategy == "ep" else tokens * m.hidden * p.comm_bytes
+    ar_o = allreduce(hw, o_w, ar_bytes)
+    ffn, ffn_comm, ffn_comm_bytes = _ffn(g, m, hw, p, moe, g.batch if g.strategy == "ep" else tokens)
     return {"qkv": t_qkv, "attention": core, "a2a": a2a, "o_proj": t_o, "allreduce": ar_o, "ffn": ffn,
-            "ffn_comm": ffn_comm}
+            "ffn_comm": ffn_comm, "a2a_bytes": a2a_bytes, "ar_bytes": ar_bytes,
+            "ffn_comm_bytes": ffn_comm_bytes,
+            "a2a_batch": alltoall(hw, g.kvp, a2a_bytes) if a2a_bytes else 0.0, "a2a_off": a2a_off,
+            "slices": slices}
 
 
 def _memory(g: Grid, m: ModelSpec, p: Precision, s: int) -> dict:
@@ -265,12 +296,15 @@ def estimate(m: ModelSpec, hw: Hardware, p: Precision, s: int, g: Grid) -> Estim
     """Cost one decode step of ``g`` for ``m`` at context ``s`` on ``hw``; ``ValueError`` on a bad grid."""
     check_grid(g, m)
     parts: dict[str, float] = {}
+    slices = 1
     for moe, count in ((False, m.n_dense_layers), (True, m.n_moe_layers)):
         if count:
-            for key, t in _layer(g, m, hw, p, s, moe).items():
-                parts[key] = parts.get(key, 0.0) + count * t
+            detail = layer_detail(g, m, hw, p, s, moe)
+            slices = detail["slices"]  # the attention (and so HOP-B's pick) is the same in every layer
+            for key in LAYER_PARTS:
+                parts[key] = parts.get(key, 0.0) + count * detail[key]
     head = m.vocab * m.hidden / (g.tpa if g.strategy in ("tp_pp", "medha") else g.n_gpus)
     parts["lm_head"] = phase(hw, p, head * p.weight_bytes, 2 * (g.batch // g.pp) * head)
     b = g.batch // g.pp
     parts["pp_send"] = (g.pp - 1) * (hw.coll_latency_s + b * m.hidden * p.comm_bytes / hw.link_bw)
-    return Estimate(g, sum(parts.values()), parts, _memory(g, m, p, s), hw.hbm_bytes)
+    return Estimate(g, sum(parts.values()), parts, _memory(g, m, p, s), hw.hbm_bytes, slices)

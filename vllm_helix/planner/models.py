@@ -26,10 +26,13 @@ class ModelSpec:
         q_lora_rank, kv_lora_rank, qk_nope_dim, qk_rope_dim, v_head_dim: MLA shapes (``kv_lora_rank == 0``
             means GQA/MHA). ``q_lora_rank == 0`` means a plain Q projection.
         n_experts, n_shared_experts, top_k, moe_ffn, first_k_dense: MoE shapes (``n_experts == 0``: dense).
-        mla_a2a_latent: MLA all-to-all carries the ``kv_lora_rank`` latent per head and ``v_b_proj`` runs
-            after it at TP = N (TensorRT-LLM), instead of the default ``v_head_dim`` output per head with
-            ``v_b_proj`` applied on every KVP rank before the exchange (the paper's "partial attention
-            outputs", volume ∝ B·H).
+        mla_a2a_latent: MLA all-to-all carries the ``kv_lora_rank`` latent output per head and ``v_b_proj``
+            (W_UV) runs after the combine at TP = N. Default True: what this runtime does
+            (``vllm_helix/attention/mla.py``: ``forward_mqa`` returns O (B, H_g, kv_lora_rank),
+            ``_helix_combine`` exchanges it, vLLM's ``MLAAttention`` applies ``_v_up_proj`` to the H/N
+            combined heads) and what TensorRT-LLM does. False: the ``v_head_dim`` output per head,
+            ``v_b_proj`` applied on every KVP rank before the exchange (4x less volume, W_UV replicated over
+            KVP; ``simulate --mla-a2a v_head``).
     """
 
     name: str
@@ -52,7 +55,7 @@ class ModelSpec:
     top_k: int = 0
     moe_ffn: int = 0
     first_k_dense: int = 0
-    mla_a2a_latent: bool = False
+    mla_a2a_latent: bool = True
 
     def __post_init__(self) -> None:
         if self.n_heads % max(self.n_kv_heads, 1):
@@ -126,8 +129,10 @@ class ModelSpec:
 
     def a2a_elems_per_head(self) -> int:
         """Helix all-to-all payload per token per query head: Hsz for GQA (Q·Hsz = H per token); for MLA
-        ``v_head_dim`` (Q·Hv, 16,384 per token for DeepSeek, 2.3x H), or ``kv_lora_rank`` when
-        ``mla_a2a_latent`` (TensorRT-LLM exchanges the latent before ``v_b_proj``: 65,536 per token, 9x H)."""
+        ``kv_lora_rank`` with ``mla_a2a_latent`` (the default, as this runtime and TensorRT-LLM exchange the
+        latent before ``v_b_proj``: 65,536 per token for DeepSeek, 9.1x H), else ``v_head_dim`` (Q·Hv,
+        16,384 per token, 2.3x H). Either way an exact MLA exchange moves more than the paper's "B·H": the
+        combine weights are per head, so no exchange after ``o_proj`` (H per token) can be exact."""
         if not self.is_mla:
             return self.head_dim
         return self.kv_lora_rank if self.mla_a2a_latent else self.v_head_dim

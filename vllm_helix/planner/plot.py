@@ -4,7 +4,7 @@ model, both axes normalised to the best baseline's maximum (the paper reports no
 
 from __future__ import annotations
 
-from .cost import Estimate
+from vllm_helix.planner.cost import Estimate
 
 STYLE = {
     "helix": ("Helix", "#76b900", "o"),

@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
-from .cost import Estimate, Grid, Precision, estimate
-from .hardware import Hardware
-from .models import ModelSpec
+from vllm_helix.planner.cost import Estimate, Grid, Precision, estimate
+from vllm_helix.planner.hardware import Hardware
+from vllm_helix.planner.models import ModelSpec
 
 BASELINES = ("tp", "tp_pp", "medha", "ep")
 

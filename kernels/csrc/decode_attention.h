@@ -1,0 +1,267 @@
+// SPDX-License-Identifier: Apache-2.0
+// Paged partial decode attention with LSE on the CPU: the ISA-independent algorithm.
+//
+// For query head h of sequence s (one decode token) over the n = seq_lens[s] keys this KVP rank holds:
+//
+//     s_j = scale · q·k_j        LSE = log Σ_j exp(s_j)        O = Σ_j exp(s_j − LSE) · v_j
+//
+// (LSE = −inf and O = 0 when n = 0.) Work item = (sequence, KV head, head pass, split): the up to W query heads
+// of one GQA group that a pass covers read every K/V row of the split once. Keys are walked in tiles of at most
+// kTile tokens that never cross a paged block (a block's rows are equally spaced: one row pointer per token);
+// the online softmax runs in the log2 domain (exp2), fp32 throughout:
+//
+//   scores   S[t][g] = q_g·k_t            W lanes hold TOK = W/GP tokens × GP heads (GP = G padded to 2^k ≤ W),
+//                                          so one transpose-reduce of W dot products fills one vector
+//   softmax  m' = max(m, max_t c·S),  α = 2^(m − m'),  P = 2^(c·S − m'),  l = α·l + Σ_t P,  c = scale·log2 e
+//   values   O[g] = α_g·O[g] + Σ_t P[t][g]·v_t      (register blocks of 2 heads × 4 vectors)
+//
+// and at the end O /= l, LSE = (m + log2 l)·ln 2. Splits of one (sequence, head) are merged with the same rule
+// the Helix combine uses across ranks. This header is included once per ISA (decode_attention_<isa>.cpp), each
+// time after that file's `#pragma GCC target` and its `Vec` type, inside its own namespace.
+
+#ifndef HELIX_ISA_NAMESPACE
+#error "include decode_attention.h from an ISA translation unit (decode_attention_<isa>.cpp)"
+#endif
+
+namespace helix_cpu {
+namespace HELIX_ISA_NAMESPACE {
+
+constexpr int kTile = 32;       // tokens per tile (≤ one paged block)
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+inline int pow2_at_least(int g) {
+  int p = 1;
+  while (p < g) p *= 2;
+  return p;
+}
+
+// One row of K or V: element type E, loaded as fp32 vectors.
+template <class E>
+inline Vec load_row(const E* p) { return Vec::load_cvt(p); }
+
+// Scores of one tile: S[t·GP + g] = c·q_g·k_t for t < len, with k_t = k0 + t·kstride (lanes of tokens ≥ len:
+// −inf). q: GP rows of D fp32 values (rows past the pass's head count are zero). GP is a compile-time constant
+// so that the W accumulators live in registers.
+template <int GP, class E>
+inline void tile_scores(const float* q, int D, const E* k0, int64_t kstride, int len, float c, float* S) {
+  constexpr int TOK = Vec::W / GP;
+  const int nchunks = D / Vec::W;
+  for (int t0 = 0; t0 < len; t0 += TOK) {
+    const E* rows[TOK];  // a tail group re-reads the last row; its lanes are masked below
+    for (int tt = 0; tt < TOK; ++tt) rows[tt] = k0 + std::min(t0 + tt, len - 1) * kstride;
+    Vec acc[Vec::W];
+    for (int i = 0; i < Vec::W; ++i) acc[i] = Vec::zero();
+    for (int ch = 0; ch < nchunks; ++ch) {
+      for (int tt = 0; tt < TOK; ++tt) {
+        const Vec k = load_row(rows[tt] + ch * Vec::W);
+        for (int g = 0; g < GP; ++g) {
+          acc[tt * GP + g] = Vec::fma(Vec::load(q + g * D + ch * Vec::W), k, acc[tt * GP + g]);
+        }
+      }
+    }
+    Vec s = Vec::mul(Vec::reduce_lanes(acc), Vec::set1(c));
+    const int valid = (len - t0) * GP;
+    if (valid < Vec::W) s = Vec::mask_tail(s, valid, -INFINITY);
+    s.store(S + t0 * GP);
+  }
+}
+
+// O[g][dv:dv+NV·W] = α_g·O[g] + Σ_t P[t·GP + g]·v_t for heads g..g+NG, fp32 rows v_t = v0 + t·vstride.
+template <int NG, int NV>
+inline void pv_block(float* O, int DV, const float* alpha, int g, int dv, const float* P, int GP,
+                     const float* v0, int64_t vstride, int len) {
+  Vec acc[NG][NV];
+  for (int i = 0; i < NG; ++i) {
+    const Vec a = Vec::set1(alpha[g + i]);
+    for (int j = 0; j < NV; ++j) acc[i][j] = Vec::mul(Vec::load(O + (g + i) * DV + dv + j * Vec::W), a);
+  }
+  for (int t = 0; t < len; ++t) {
+    Vec v[NV];
+    for (int j = 0; j < NV; ++j) v[j] = Vec::load(v0 + t * vstride + dv + j * Vec::W);
+    for (int i = 0; i < NG; ++i) {
+      const Vec p = Vec::set1(P[t * GP + g + i]);
+      for (int j = 0; j < NV; ++j) acc[i][j] = Vec::fma(p, v[j], acc[i][j]);
+    }
+  }
+  for (int i = 0; i < NG; ++i)
+    for (int j = 0; j < NV; ++j) acc[i][j].store(O + (g + i) * DV + dv + j * Vec::W);
+}
+
+template <int NG>
+inline void pv_heads(float* O, int DV, const float* alpha, int g, const float* P, int GP,
+                     const float* v0, int64_t vstride, int len) {
+  const int nvec = DV / Vec::W;
+  int j = 0;
+  for (; j + 4 <= nvec; j += 4) pv_block<NG, 4>(O, DV, alpha, g, j * Vec::W, P, GP, v0, vstride, len);
+  switch (nvec - j) {
+    case 3: pv_block<NG, 3>(O, DV, alpha, g, j * Vec::W, P, GP, v0, vstride, len); break;
+    case 2: pv_block<NG, 2>(O, DV, alpha, g, j * Vec::W, P, GP, v0, vstride, len); break;
+    case 1: pv_block<NG, 1>(O, DV, alpha, g, j * Vec::W, P, GP, v0, vstride, len); break;
+    default: break;
+  }
+}
+
+// Per-thread scratch, sized for kTile tokens, GP ≤ W heads, D, DV ≤ kMaxDim.
+struct Scratch {
+  float q[Vec::W * kMaxDim];
+  float O[Vec::W * kMaxDim];
+  float S[kTile * Vec::W];
+  float Vf[kTile * kMaxDim];
+  float alpha[Vec::W];
+};
+
+// One work item: heads [h0, h0 + G) of sequence `seq` (all reading KV head `kvh`) over local tokens
+// [t_begin, t_end). Writes O (G rows of DV, normalised, fp32) and LSE (G values, natural log) to o_out/lse_out.
+template <int GP, class E>
+void attend_item(const Params& p, Scratch& sc, int seq, int kvh, int h0, int G, int64_t t_begin, int64_t t_end,
+                 float* o_out, int64_t o_row_stride, float* lse_out) {
+  const int D = p.head_dim, DV = p.v_dim;
+  const E* q = static_cast<const E*>(p.q) + seq * p.q_s;
+  for (int g = 0; g < GP; ++g)
+    for (int d = 0; d < D; ++d) sc.q[g * D + d] = g < G ? to_float(q[(h0 + g) * p.q_h + d]) : 0.f;
+  for (int i = 0; i < G * DV; ++i) sc.O[i] = 0.f;
+  const float c = p.scale * kLog2e;
+  Vec m = Vec::set1(-INFINITY), l = Vec::zero();
+  const int32_t* table = p.block_table + seq * p.bt_s;
+  const E* kbase = static_cast<const E*>(p.k) + kvh * p.k_h;
+  const E* vbase = static_cast<const E*>(p.v) + kvh * p.v_h;
+  for (int64_t t = t_begin; t < t_end;) {
+    const int64_t block = table[t / p.block_size];
+    const int off = static_cast<int>(t % p.block_size);
+    const int len = static_cast<int>(std::min<int64_t>({kTile, p.block_size - off, t_end - t}));
+    const E* kr = kbase + block * p.k_b + off * p.k_t;  // the tile's rows: kr + i·k_t, vr + i·v_t
+    const E* vr = vbase + block * p.v_b + off * p.v_t;
+    tile_scores<GP, E>(sc.q, D, kr, p.k_t, len, c, sc.S);
+    // online softmax over the tile (lanes of one head share one max/alpha: reduce over lanes ≡ g mod GP)
+    const int nvec = (len * GP + Vec::W - 1) / Vec::W;
+    Vec mx = Vec::load(sc.S);
+    for (int i = 1; i < nvec; ++i) mx = Vec::max(mx, Vec::load(sc.S + i * Vec::W));
+    const Vec m_new = Vec::max(m, Vec::allreduce_max(mx, GP));
+    const Vec alpha = Vec::exp2(Vec::sub(m, m_new));
+    Vec sum = Vec::zero();
+    for (int i = 0; i < nvec; ++i) {
+      const Vec e = Vec::exp2(Vec::sub(Vec::load(sc.S + i * Vec::W), m_new));
+      e.store(sc.S + i * Vec::W);
+      sum = Vec::add(sum, e);
+    }
+    l = Vec::fma(l, alpha, sum);
+    m = m_new;
+    alpha.store(sc.alpha);  // lanes 0..GP-1: α of heads 0..GP-1
+    const float* v0;
+    int64_t vstride;
+    if constexpr (std::is_same<E, float>::value) {
+      v0 = vr;
+      vstride = p.v_t;
+    } else {  // convert the tile's value rows to fp32 once, for all heads of the pass
+      for (int i = 0; i < len; ++i)
+        for (int d = 0; d < DV; d += Vec::W) load_row(vr + i * p.v_t + d).store(sc.Vf + i * DV + d);
+      v0 = sc.Vf;
+      vstride = DV;
+    }
+    int g = 0;
+    for (; g + 2 <= G; g += 2) pv_heads<2>(sc.O, DV, sc.alpha, g, sc.S, GP, v0, vstride, len);
+    if (g < G) pv_heads<1>(sc.O, DV, sc.alpha, g, sc.S, GP, v0, vstride, len);
+    t += len;
+  }
+  float mv[Vec::W], lv[Vec::W];
+  m.store(mv);
+  Vec::allreduce_sum(l, GP).store(lv);
+  for (int g = 0; g < G; ++g) {
+    const bool empty = !(lv[g] > 0.f);
+    const float inv = empty ? 0.f : 1.f / lv[g];
+    float* o = o_out + g * o_row_stride;
+    for (int d = 0; d < DV; ++d) o[d] = sc.O[g * DV + d] * inv;
+    lse_out[g] = empty ? -INFINITY : (mv[g] + std::log2(lv[g])) * kLn2;
+  }
+}
+
+// attend_item for the pass's head count G ≤ W, padded to GP = the next power of two.
+template <class E>
+void attend(const Params& p, Scratch& sc, int seq, int kvh, int h0, int G, int64_t t0, int64_t t1, float* o_out,
+            int64_t o_row_stride, float* lse_out) {
+  switch (pow2_at_least(G)) {
+    case 1: return attend_item<1, E>(p, sc, seq, kvh, h0, G, t0, t1, o_out, o_row_stride, lse_out);
+    case 2: return attend_item<2, E>(p, sc, seq, kvh, h0, G, t0, t1, o_out, o_row_stride, lse_out);
+    case 4: return attend_item<4, E>(p, sc, seq, kvh, h0, G, t0, t1, o_out, o_row_stride, lse_out);
+    case 8: return attend_item<8, E>(p, sc, seq, kvh, h0, G, t0, t1, o_out, o_row_stride, lse_out);
+    default: return attend_item<Vec::W, E>(p, sc, seq, kvh, h0, G, t0, t1, o_out, o_row_stride, lse_out);  // W = 16
+  }
+}
+
+template <class E>
+void run_items(const Params& p) {
+  const int G_total = p.heads / p.kv_heads;
+  const int passes = (G_total + Vec::W - 1) / Vec::W;
+  const int64_t per_seq = static_cast<int64_t>(p.kv_heads) * passes * p.num_splits;
+  const int64_t items = p.num_seqs * per_seq;
+  const int64_t split_stride = p.num_splits > 1 ? p.v_dim + 1 : 0;
+  p.parallel_for(items, [&](int64_t begin, int64_t end) {
+    Scratch* sc = new Scratch;  // per chunk of items: ≈ (2·W + kTile)·kMaxDim floats
+    for (int64_t it = begin; it < end; ++it) {
+      const int seq = static_cast<int>(it / per_seq);
+      int64_t r = it % per_seq;
+      const int split = static_cast<int>(r % p.num_splits);
+      r /= p.num_splits;
+      const int pass = static_cast<int>(r % passes);
+      const int kvh = static_cast<int>(r / passes);
+      const int h0 = kvh * G_total + pass * Vec::W;
+      const int G = std::min(Vec::W, G_total - pass * Vec::W);
+      const int64_t n = p.seq_lens[seq];
+      const int64_t per_split = (n + p.num_splits - 1) / p.num_splits;
+      const int64_t t0 = std::min<int64_t>(n, split * per_split), t1 = std::min<int64_t>(n, t0 + per_split);
+      if (p.num_splits == 1) {
+        float o_tmp[Vec::W * kMaxDim], lse_tmp[Vec::W];
+        attend<E>(p, *sc, seq, kvh, h0, G, t0, t1, o_tmp, p.v_dim, lse_tmp);
+        for (int g = 0; g < G; ++g) {
+          E* out = p.out_row<E>(seq, h0 + g);
+          for (int d = 0; d < p.v_dim; ++d) out[d] = from_float<E>(o_tmp[g * p.v_dim + d]);
+          p.store_lse(seq, h0 + g, lse_tmp[g]);
+        }
+      } else {  // split partial rows [O | LSE] of (seq, head, split) in p.mid
+        float* row = p.mid + ((static_cast<int64_t>(seq) * p.heads + h0) * p.num_splits + split) * split_stride;
+        float lse_tmp[Vec::W];
+        attend<E>(p, *sc, seq, kvh, h0, G, t0, t1, row, p.num_splits * split_stride, lse_tmp);
+        for (int g = 0; g < G; ++g) row[g * p.num_splits * split_stride + p.v_dim] = lse_tmp[g];
+      }
+    }
+    delete sc;
+  });
+}
+
+// Merge the split partials of every (sequence, head): the Helix combine rule over splits.
+template <class E>
+void merge_splits(const Params& p) {
+  const int64_t stride = p.v_dim + 1;
+  p.parallel_for(static_cast<int64_t>(p.num_seqs) * p.heads, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int seq = static_cast<int>(i / p.heads), h = static_cast<int>(i % p.heads);
+      const float* rows = p.mid + i * p.num_splits * stride;
+      float mx = -INFINITY;
+      for (int s = 0; s < p.num_splits; ++s) mx = std::max(mx, rows[s * stride + p.v_dim]);
+      E* out = p.out_row<E>(seq, h);
+      if (mx == -INFINITY) {
+        for (int d = 0; d < p.v_dim; ++d) out[d] = from_float<E>(0.f);
+        p.store_lse(seq, h, -INFINITY);
+        continue;
+      }
+      float w[64], total = 0.f;
+      for (int s = 0; s < p.num_splits; ++s) total += (w[s] = std::exp(rows[s * stride + p.v_dim] - mx));
+      for (int d = 0; d < p.v_dim; ++d) {
+        float acc = 0.f;
+        for (int s = 0; s < p.num_splits; ++s) acc += w[s] * rows[s * stride + d];
+        out[d] = from_float<E>(acc / total);
+      }
+      p.store_lse(seq, h, mx + std::log(total));
+    }
+  });
+}
+
+template <class E>
+void decode_attention(const Params& p) {
+  run_items<E>(p);
+  if (p.num_splits > 1) merge_splits<E>(p);
+}
+
+}  // namespace HELIX_ISA_NAMESPACE
+}  // namespace helix_cpu

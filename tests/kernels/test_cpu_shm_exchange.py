@@ -1,0 +1,66 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The shared-memory all-to-all across real processes (`spawn`): equal to gloo's `all_to_all_single`, round after
+round (both halves of the double buffer, messages of changing size), for 2–4 peers; nothing left in /dev/shm; a
+message larger than a slot is refused (None) without a round; a peer that never arrives makes the op raise."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from tests.conftest import spawn
+from vllm_helix.kernels import cpu_build
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(autouse=True)
+def _native_ops():
+    reason = cpu_build.load()
+    if reason is not None and cpu_build.DISABLE_ENV in reason:
+        pytest.skip(reason)
+    assert reason is None, reason
+
+
+def _rounds(rank: int, world: int, rounds: int) -> None:
+    from vllm_helix.kernels.cpu_shm_exchange import ShmExchange, all_to_all_reference
+
+    group = dist.new_group(list(range(world)))
+    exchange = ShmExchange(group, list(range(world)), rank, slot_bytes=1 << 16)
+    assert exchange.path.startswith("/dev/shm/vllm_helix_xchg_")
+    if rank == 0:  # the creator unlinks the name as soon as every peer has mapped it
+        assert not os.path.exists(exchange.path)
+    gen = torch.Generator().manual_seed(rank)
+    for i in range(rounds):
+        dtype = (torch.float32, torch.bfloat16)[i % 2]
+        tokens = 1 + (i * 7) % 13                                    # every peer sends the same shape per round
+        send = torch.randn(world, tokens, 3, 66, generator=gen).to(dtype)
+        recv = exchange(send)
+        assert torch.equal(recv, all_to_all_reference(send, group)), f"round {i}"
+    assert exchange(torch.zeros(world, 1 << 14)) is None           # 64 KiB · world > slot: refused, no round
+    send = torch.full((world, 2), float(rank))
+    assert torch.equal(exchange(send), torch.arange(world, dtype=torch.float32)[:, None].expand(world, 2))
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_matches_gloo_all_to_all(world):
+    spawn(world, _rounds, 9)
+
+
+def _absent_peer(rank: int, world: int) -> None:
+    from vllm_helix.kernels.cpu_shm_exchange import ShmExchange
+
+    os.environ["VLLM_HELIX_SHM_TIMEOUT_S"] = "1"
+    group = dist.new_group(list(range(world)))
+    exchange = ShmExchange(group, list(range(world)), rank, slot_bytes=1 << 12)
+    if rank == 0:
+        with pytest.raises(RuntimeError, match="did not reach round 1"):
+            exchange(torch.zeros(world, 4))
+    dist.barrier()
+
+
+def test_absent_peer_times_out():
+    spawn(2, _absent_peer)
