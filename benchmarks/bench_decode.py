@@ -114,7 +114,9 @@ def _run_batch(llm, eng, ctx: int, batch: int, new_tokens: int, chunk: int, heli
         calls = max(1, status[0]["exchanges"])  # one exchange per layer call when HOP-B does not slice
         row["helix_decode"] = [{"rank": s["rank"], "attention_ms_per_call": round(
             (s["attention_seconds"] - s["exchange_seconds"]) / calls * 1e3, 4),
-            "exchange_ms_per_call": round(s["exchange_seconds"] / calls * 1e3, 4), "calls": s["exchanges"]}
+            "exchange_ms_per_call": round(s["exchange_seconds"] / calls * 1e3, 4), "calls": s["exchanges"],
+            "all_reduce_ms_per_call": round(s.get("all_reduce_seconds", 0) / max(1, s.get("all_reduces", 0)) * 1e3, 4),
+            "all_reduces": s.get("all_reduces", 0)}
             for s in status]
         if kv_status:
             row["kv_per_rank"] = [{"rank": s["rank"], "kv_tokens": s["kv_tokens"], "kv_blocks": s["kv_blocks"],

@@ -226,6 +226,15 @@ def _write_marker(path: Path, dtype: str, gguf: Path, answer: str) -> None:
     (path / MARKER).write_text(json.dumps(marker, indent=1))
 
 
+def heads_for(ranks: int) -> int:
+    """The demo checkpoint's query heads for a grid of `ranks` (N = KVP × TPA): 9 if N divides 9, else 12."""
+    for heads in HEADS:
+        if heads % ranks == 0:
+            return heads
+    raise ValueError(f"-tp {ranks}: SmolLM2's 9 query heads (or 12, padded) do not divide by {ranks}; "
+                     "use -tp 2, 3, 4, 6, 9 or 12")
+
+
 def pad_query_heads(state: dict, config: dict, heads: int) -> tuple[dict, dict]:
     """The same model with `heads` query heads: each GQA group of g = H/K heads gets heads/K − g zero heads
     appended, their q_proj rows and o_proj columns zero. A zero q gives that head some attention output o_pad,

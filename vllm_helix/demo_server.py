@@ -1,8 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
 """`vllm-helix serve-demo`: serve the embedded SmolLM2-135M-Instruct over vLLM's OpenAI API on 127.0.0.1.
 
-By default with Helix at KVP 3 × TPA 1 (`-tp 3 -dcp 3`): SmolLM2 has 9 query heads and 3 KV heads, so this is the
-grid stock vLLM refuses (TPA 1 < 3 KV heads). `--stock` serves the same model with stock vLLM (TP 1) instead.
+By default with Helix at KVP 2 × TPA 1 (`-tp 2 -dcp 2`), one rank per core of a 2-core machine. SmolLM2 has 9
+query heads, which 2 ranks cannot split, so a grid whose N does not divide 9 serves the same model with its heads
+padded to 12 (`vllm-helix demo-model --heads 12`: one zero query head per GQA group, zero out-projection columns —
+exactly the same function). Either way TPA 1 < 3 KV heads: the grid stock vLLM refuses. `--tp 3 --dcp 3` serves
+the original 9-head checkpoint at KVP 3. `--stock` serves the original with stock vLLM (TP 1) instead.
 Anything after `--` goes to `vllm serve` unchanged.
 """
 
@@ -32,8 +35,8 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="vllm-helix serve-demo", description=__doc__)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--tp", type=int, default=3, help="N = KVP × TPA ranks (default 3)")
-    p.add_argument("--dcp", type=int, default=3, help="KVP ranks (default 3)")
+    p.add_argument("--tp", type=int, default=2, help="N = KVP × TPA ranks (default 2)")
+    p.add_argument("--dcp", type=int, default=2, help="KVP ranks (default 2)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.add_argument("--max-model-len", type=int, default=8192)
     p.add_argument("--max-num-seqs", type=int, default=16)
@@ -42,9 +45,13 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
 
     from vllm_helix.cpu_setup import cpu_env
-    from vllm_helix.demo_model import ensure_demo_model
+    from vllm_helix.demo_model import ensure_demo_model, heads_for
 
-    model_path = str(ensure_demo_model(args.dtype))
+    try:
+        heads = 9 if args.stock else heads_for(args.tp)
+    except ValueError as e:
+        p.error(str(e))
+    model_path = str(ensure_demo_model(args.dtype, heads=heads))
     ranks = 1 if args.stock else args.tp
     env = {**os.environ, **cpu_env(ranks)}
     cmd = build_command(model_path, args, extra)

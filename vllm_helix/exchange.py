@@ -15,7 +15,7 @@ Rank r = t·KVP + k ends with heads [r·H/N, (r+1)·H/N): the input slice of a T
 
 Transport: `dist.all_to_all_single` on the KVP process group (gloo on CPU, NCCL on CUDA), or — for a synchronous
 exchange on CPU — `local_exchange`, the native shared-memory all-to-all between the group's processes
-(`vllm_helix.kernels.cpu_shm_exchange`): one copy in, one copy out, µs instead of a TCP round trip.
+(`vllm_helix.kernels.cpu_shm_collectives`): one copy in, one copy out, µs instead of a TCP round trip.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def start_exchange(out: torch.Tensor, lse: torch.Tensor, group: dist.ProcessGrou
 def send_packed(send: torch.Tensor, group: dist.ProcessGroup | None, kvp: int, async_op: bool = False,
                 local_exchange=None):
     """Launch the all-to-all of a packed send buffer (KVP, tokens, h, D + e). Returns (received buffer, work handle
-    or None). `local_exchange` (on CPU a `vllm_helix.kernels.cpu_shm_exchange.ShmExchange`), if given, carries a
+    or None). `local_exchange` (on CPU a `vllm_helix.kernels.cpu_shm_collectives.ShmGroup`), if given, carries a
     synchronous exchange over shared memory instead of `group` when the message fits it."""
     if kvp == 1:
         return send, None

@@ -17,6 +17,8 @@ class HelixStats:
     exchange_seconds: float = 0.0
     exchanges: int = 0
     attention_seconds: float = 0.0
+    all_reduce_seconds: float = 0.0   # TP all-reduces over Helix's shared memory, waiting for peers included
+    all_reduces: int = 0
 
 
 @dataclass
@@ -26,7 +28,8 @@ class HelixRuntime:
     config: HelixConfig
     kvp_group: Any = None          # torch.distributed ProcessGroup of this rank's KVP peers
     tpa_coordinator: Any = None    # vLLM GroupCoordinator of this rank's TPA peers
-    kvp_exchange: Any = None       # ShmExchange: synchronous all-to-all over shared memory (CPU), or None
+    kvp_exchange: Any = None       # ShmGroup: synchronous all-to-all over shared memory (CPU), or None
+    shm_all_reduce: bool = False   # the TP group's all-reduce runs over Helix's shared memory (CPU, no vLLM shm)
     interleave: int = 1            # tokens per round-robin unit (= block size by default)
     stats: HelixStats = field(default_factory=HelixStats)
     tracked_layer: str | None = None   # the first attention layer: its KV writes measure per-rank KV use

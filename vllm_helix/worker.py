@@ -16,6 +16,7 @@ Overrides two hooks and adds two RPC methods:
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import torch
 from vllm.logger import init_logger
@@ -97,10 +98,10 @@ def weight_bytes_by_module(model: torch.nn.Module, dtype_bytes: int) -> dict[str
 
 
 def _shm_exchange(rt, vllm_config):
-    """The native shared-memory all-to-all over this rank's KVP group (`vllm_helix.kernels.cpu_shm_exchange`), or
+    """The native shared-memory all-to-all over this rank's KVP group (`vllm_helix.kernels.cpu_shm_collectives`), or
     None (then gloo carries the exchange). Its slot holds one step's largest exchange: max_num_batched_tokens
     tokens × this rank's heads × (head size + LSE), in fp32 at most; larger messages go over gloo."""
-    from vllm_helix.kernels.cpu_shm_exchange import DEFAULT_SLOT_BYTES, ShmExchange
+    from vllm_helix.kernels.cpu_shm_collectives import DEFAULT_SLOT_BYTES, ShmGroup
 
     mc = vllm_config.model_config
     row = (getattr(mc.hf_text_config, "kv_lora_rank", None) or mc.get_head_size()) + 4
@@ -108,7 +109,7 @@ def _shm_exchange(rt, vllm_config):
     tokens = vllm_config.scheduler_config.max_num_batched_tokens
     slot = max(DEFAULT_SLOT_BYTES, min(64 << 20, tokens * heads * row * 4))
     try:
-        exchange = ShmExchange(rt.kvp_group, rt.grid.kvp_group(rt.tpa_rank), rt.kvp_rank, slot_bytes=slot)
+        exchange = ShmGroup(rt.kvp_group, rt.grid.kvp_group(rt.tpa_rank), rt.kvp_rank, slot_bytes=slot)
     except (RuntimeError, OSError) as exc:
         if rt.config.exchange == "shm":
             raise RuntimeError(f"helix.exchange=shm: the shared-memory exchange is unavailable ({exc}); use "
@@ -118,6 +119,60 @@ def _shm_exchange(rt, vllm_config):
     if rt.rank == 0:
         logger.info("Helix: KVP exchange over shared memory (%d MiB slots; HOP-B slices: gloo async)", slot >> 20)
     return exchange
+
+
+class _SharedMemoryAllReduce:
+    """Stands in for `torch.distributed` as vLLM 0.32's `CpuCommunicator.dist_module` of the Helix worker's TP group
+    (that attribute is where vLLM plugs its own shared-memory ops, `_CPUSHMDistributed`, when its build has them):
+    a synchronous sum all-reduce goes over Helix's shared memory (`ShmGroup.all_reduce`), everything else — and any
+    message that does not fit — to torch.distributed (gloo) unchanged."""
+
+    def __init__(self, shm, stats) -> None:
+        self._shm, self._stats = shm, stats
+
+    def all_reduce(self, tensor, op=None, group=None, async_op=False):
+        import torch.distributed as dist
+
+        started = time.perf_counter()
+        if (op is None or op == dist.ReduceOp.SUM) and not async_op and self._shm.all_reduce(tensor):
+            stats = self._stats()
+            stats.all_reduce_seconds += time.perf_counter() - started  # includes waiting for the peers
+            stats.all_reduces += 1
+            return None
+        return dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM, group=group, async_op=async_op)
+
+    def __getattr__(self, name: str):
+        import torch.distributed as dist
+
+        return getattr(dist, name)
+
+
+def _shm_tp_all_reduce(rt, vllm_config) -> bool:
+    """On CPU, where vLLM's TP group all-reduce falls back to gloo (its build lacks the shared-memory ops, e.g. the
+    AVX2 build), route it over Helix's shared memory instead: two all-reduces per layer sit on every step's
+    critical path. Returns whether it was installed."""
+    import torch.distributed as dist
+    from vllm.distributed import parallel_state as ps
+
+    from vllm_helix.kernels.cpu_shm_collectives import DEFAULT_SLOT_BYTES, ShmGroup
+
+    tp = ps.get_tp_group()
+    communicator = tp.device_communicator
+    if tp.world_size == 1 or communicator is None or getattr(communicator, "dist_module", None) is not dist:
+        return False  # vLLM's own shared-memory ops (or another communicator) carry it: leave it alone
+    mc = vllm_config.model_config
+    tokens = vllm_config.scheduler_config.max_num_batched_tokens
+    slot = max(DEFAULT_SLOT_BYTES, min(64 << 20, tokens * mc.get_hidden_size() * 4))
+    try:
+        shm = ShmGroup(tp.cpu_group, list(tp.ranks), tp.rank_in_group, slot_bytes=slot)
+    except (RuntimeError, OSError) as exc:
+        logger.warning("Helix: shared-memory TP all-reduce unavailable (%s); vLLM's gloo all-reduce stays", exc)
+        return False
+    communicator.dist_module = _SharedMemoryAllReduce(shm, lambda: get_runtime().stats)
+    if rt.rank == 0:
+        logger.info("Helix: TP all-reduce over shared memory (vLLM's CPU build has none here; %d MiB slots)",
+                    slot >> 20)
+    return True
 
 
 def _decode_kernel(config: HelixConfig) -> str:
@@ -183,6 +238,7 @@ class Worker(_PlatformWorker):
             use_device_communicator=False, group_name="helix_tpa")
         if rt.grid.kvp > 1 and current_platform.is_cpu() and rt.config.exchange != "gloo":
             rt.kvp_exchange = _shm_exchange(rt, self.vllm_config)
+            rt.shm_all_reduce = _shm_tp_all_reduce(rt, self.vllm_config)
 
     def helix_status(self) -> dict:
         """This rank's grid position, KV use and exchange statistics (for collective_rpc)."""
@@ -198,6 +254,7 @@ class Worker(_PlatformWorker):
         grid = {"world_size": rt.grid.world_size, "kvp": rt.grid.kvp, "tpa": rt.grid.tpa,
                 "attention": "helix" if self.helix_attention else "vllm",
                 "exchange": "none" if rt.grid.kvp == 1 else ("shm" if rt.kvp_exchange else "gloo"),
+                "tp_all_reduce": "shm" if rt.shm_all_reduce else "vllm",
                 "num_heads": rt.grid.num_heads, "num_kv_heads": rt.grid.num_kv_heads,
                 "block_size": rt.block_size or self.cache_config.block_size, "interleave": rt.interleave,
                 "hop_b": rt.config.hop_b, "kernels": rt.config.kernels, "rank_table": rt.grid.rank_table(),
@@ -205,6 +262,7 @@ class Worker(_PlatformWorker):
         return {"grid": grid, "rank": rt.rank, "tpa_index": t, "kvp_index": k, "kv_tokens": slots, "kv_blocks": blocks,
                 "block_size": rt.block_size, "exchange_seconds": rt.stats.exchange_seconds,
                 "exchanges": rt.stats.exchanges, "attention_seconds": rt.stats.attention_seconds,
+                "all_reduce_seconds": rt.stats.all_reduce_seconds, "all_reduces": rt.stats.all_reduces,
                 "kv_bytes": kv_bytes, "qkv_weight_bytes": qkv_bytes,
                 "weight_bytes": sum(weights.values())}
 

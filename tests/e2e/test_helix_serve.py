@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The README's serve path, `vllm-helix serve-demo` (embedded SmolLM2, Helix KVP 3 × TPA 1), in float32 with
-32-token blocks: the sockets it binds, /helix/status and /metrics values, then completions, streaming and chat,
+"""The README's serve path, `vllm-helix serve-demo` (embedded SmolLM2, here its own 9 heads at Helix KVP 3 × TPA 1;
+the default 2-rank grid on the 12-head padding is test_user_config.py's), in float32 with 32-token blocks: the sockets it binds, /helix/status and /metrics values, then completions, streaming and chat,
 all identical to stock offline vLLM TP = 1 (float32, greedy).
 
 One server for every check. The order matters: /helix/status is read before any request (no KV written) and after
@@ -87,8 +87,10 @@ def assert_gauges_equal_status(base: str, status: dict) -> None:
 def test_serve_demo_smollm2(smollm2):
     stock = run_engine({"llm": dict(model=smollm2, dtype="float32", enforce_eager=True, max_model_len=2048,
                                     seed=0), "prompts": PROMPTS, "chats": [CHAT], "max_tokens": MAX_TOKENS})
-    # serve-demo as `make serve` runs it, but float32 (exact comparison) and 32-token blocks; no --host
-    with serve_demo(["--dtype", "float32", "--max-model-len", "2048"], ["--block-size", str(BLOCK)]) as srv:
+    # serve-demo as `make serve` runs it, but float32 (exact comparison), the 9-head checkpoint at KVP 3 and
+    # 32-token blocks; no --host
+    with serve_demo(["--dtype", "float32", "--max-model-len", "2048", "--tp", "3", "--dcp", "3"],
+                    ["--block-size", str(BLOCK)]) as srv:
         base = srv.base
 
         # 1. sockets: every listening TCP socket of the server's process tree (API server, engine core, workers

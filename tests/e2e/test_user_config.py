@@ -1,10 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
 """The configuration users actually run, against stock vLLM TP = 1.
 
-- `make serve` itself: `vllm-helix serve-demo` with no options (bf16 SmolLM2, `-tp 3 -dcp 3`, the CPU
-  platform's block size 128), asked the README's chat question; compared with stock offline TP = 1 in bf16
-  (same checkpoint, same chat template: the prompt token ids are checked equal) by vLLM's low-precision rule
-  (`tests.e2e.logprobs_close`). A long completion prompt (> 2 blocks of 128) puts KV on all three KVP ranks.
+- `make serve` itself: `vllm-helix serve-demo` with no options (bf16 SmolLM2 with its heads padded to 12,
+  `-tp 2 -dcp 2`, the CPU platform's block size 128), asked the README's chat question; compared with stock
+  offline TP = 1 in bf16 on the original 9-head checkpoint (same chat template: the prompt token ids are checked
+  equal) by vLLM's low-precision rule (`tests.e2e.logprobs_close`). A long completion prompt (> 2 blocks of 128)
+  puts KV on both KVP ranks.
 - vLLM's default compilation (no `--enforce-eager`; on CPU vLLM 0.32 turns it into one Dynamo trace compiled
   by inductor, no CUDA graphs), with the scheduler's token budget far below the prompt lengths (chunked
   prefill, mixed prefill/decode steps) and prefix caching hit on a second pass: fp32 greedy tokens identical
@@ -62,7 +63,7 @@ def test_make_serve_bf16_logprobs_close_to_stock():
         status = requests.get(f"{server.base}/helix/status", timeout=60).json()
         assert status.get("active"), status
         grid = status["grid"]
-        assert (grid["kvp"], grid["tpa"], grid["block_size"]) == (3, 1, PLATFORM_BLOCK), grid
+        assert (grid["kvp"], grid["tpa"], grid["block_size"], grid["num_heads"]) == (2, 1, PLATFORM_BLOCK, 12), grid
         extra = {"max_tokens": README_MAX_TOKENS, "temperature": 0, "logprobs": True, "top_logprobs": TOP,
                  "return_tokens_as_token_ids": True, "return_token_ids": True}
         r = requests.post(f"{server.base}/v1/chat/completions", timeout=300,
@@ -80,12 +81,12 @@ def test_make_serve_bf16_logprobs_close_to_stock():
                                 "return_token_ids": True})
         assert r.status_code == 200, r.text
         choice = r.json()["choices"][0]
-        assert len(choice["prompt_token_ids"]) > 2 * PLATFORM_BLOCK  # KV on every one of the 3 KVP ranks
+        assert len(choice["prompt_token_ids"]) > 2 * PLATFORM_BLOCK  # KV on both KVP ranks
         tokens, steps = openai_logprobs(choice["logprobs"])
         assert_logprobs_close(tokens, steps, stock["tokens"][0], stock["logprobs"][0], "serve-demo",
                               "stock TP=1")
         ranks = requests.get(f"{server.base}/helix/status", timeout=60).json()["ranks"]
-        assert len(ranks) == 3 and all(r["kv_tokens"] > 0 for r in ranks), ranks
+        assert len(ranks) == 2 and all(r["kv_tokens"] > 0 for r in ranks), ranks
 
 
 # chunked prefill: a 64-token step budget; prompts of odd lengths up to several hundred tokens next to short

@@ -25,7 +25,7 @@ Paths, each against the reference:
   exchange per slice), which must also agree with each other exactly;
 - `attend_and_exchange` as the Helix worker runs it on CPU: the native decode kernel and combine
   (`helix.kernels` "native") with the exchange over the native shared-memory all-to-all
-  (`vllm_helix.kernels.cpu_shm_exchange.ShmExchange`, what `vllm_helix.worker._shm_exchange` installs),
+  (`vllm_helix.kernels.cpu_shm_collectives.ShmGroup`, what `vllm_helix.worker._shm_exchange` installs),
   slicing off (the exchange goes over shared memory) and on (slices go over gloo's async all-to-all).
   Where the native ops cannot be built the test runs the rest and then reports these as skipped.
 
@@ -221,9 +221,9 @@ def _rank_all_grids(rank: int, world_size: int, grids: list[tuple[int, int]], na
             continue
         shm = None
         if native:
-            from vllm_helix.kernels.cpu_shm_exchange import ShmExchange
+            from vllm_helix.kernels.cpu_shm_collectives import ShmGroup
 
-            shm = ShmExchange(kvp_group, grid.kvp_group(grid.coords(rank)[0]), grid.coords(rank)[1],
+            shm = ShmGroup(kvp_group, grid.kvp_group(grid.coords(rank)[0]), grid.coords(rank)[1],
                               slot_bytes=1 << 20)
         try:
             _check_grid(rank, grid, kvp_group, shm, 100 * kvp + tpa)

@@ -1,12 +1,17 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The Helix KVP exchange over shared memory between the ranks of one machine (`torch.ops.helix_cpu.shm_all_to_all`).
+"""Collectives over shared memory between the ranks of one machine (`torch.ops.helix_cpu.shm_all_to_all`,
+`shm_all_reduce`; kernels/csrc/shm_collectives_op.cpp).
 
-`ShmExchange(group, …)` maps one region per KVP group (created by the group's first rank under /dev/shm, opened by
-the others, unlinked as soon as all have mapped it, so nothing is left behind even if a rank dies). Calling it with
-a send buffer (KVP, …) — chunk j for peer j — returns recv (KVP, …), recv[r] = chunk `rank` of peer r's send: the
-all-to-all of `vllm_helix.exchange`, in one copy in and one copy out, with a spin → yield → futex wait
-(kernels/csrc/shm_exchange_op.cpp). Messages larger than a slot return None: the caller sends them over gloo.
+`ShmGroup(group, …)` maps one region per process group (created by the group's first rank under /dev/shm, opened by
+the others, unlinked as soon as all have mapped it, so nothing is left behind even if a rank dies). Each call is one
+round, so every peer must issue the same collectives in the same order (true of a TP or KVP group):
 
+- `all_to_all(send)` / calling the group: send (P, …) — chunk j for peer j — → recv (P, …), recv[r] = chunk `rank`
+  of peer r's send: the Helix KVP exchange (`vllm_helix.exchange`), one copy in and one copy out;
+- `all_reduce(x)`: x ← Σ over peers, in place, summed in peer order in fp32 (the same bits on every peer): the TP
+  group's all-reduce in the Helix worker where vLLM has no shared-memory one.
+
+Waiting is spin → yield → futex sleep. A message larger than a slot is not sent (None / False): the caller uses gloo.
 `all_to_all_reference` is the torch.distributed all-to-all with the same contract (the reference of the tests).
 """
 
@@ -21,15 +26,15 @@ import torch.distributed as dist
 
 from vllm_helix.kernels import cpu_build
 
-__all__ = ["ShmExchange", "all_to_all_reference", "DEFAULT_SLOT_BYTES"]
+__all__ = ["ShmGroup", "all_to_all_reference", "DEFAULT_SLOT_BYTES"]
 
 DEFAULT_SLOT_BYTES = 8 << 20     # per rank and buffer; decode exchanges are KBs, large prefill chunks go over gloo
 _HEADER_LINE = 64
 TIMEOUT_ENV, SPINS_ENV = "VLLM_HELIX_SHM_TIMEOUT_S", "VLLM_HELIX_SHM_SPINS"
 
 
-class ShmExchange:
-    """A synchronous all-to-all over shared memory for one KVP group (see the module docstring)."""
+class ShmGroup:
+    """Synchronous collectives over shared memory for one process group (see the module docstring)."""
 
     def __init__(self, group: dist.ProcessGroup, group_ranks: list[int], rank_in_group: int,
                  slot_bytes: int = DEFAULT_SLOT_BYTES) -> None:
@@ -38,7 +43,9 @@ class ShmExchange:
             raise RuntimeError(reason)
         self.rank, self.world, self.slot_bytes = rank_in_group, len(group_ranks), slot_bytes
         self.timeout_s = float(os.environ.get(TIMEOUT_ENV, "300"))
-        self.spins = int(os.environ.get(SPINS_ENV, "4000"))
+        # pause-spins before yielding: worth it when every peer has a core of its own, not when they share
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self.spins = int(os.environ.get(SPINS_ENV, "4000" if self.world < cores else "100"))
         size = self.world * _HEADER_LINE + 2 * self.world * slot_bytes
         name = [f"vllm_helix_xchg_{os.getpid()}_{uuid.uuid4().hex[:12]}" if rank_in_group == 0 else None]
         dist.broadcast_object_list(name, src=group_ranks[0], group=group)
@@ -64,13 +71,24 @@ class ShmExchange:
     def fits(self, send: torch.Tensor) -> bool:
         return send.numel() * send.element_size() <= self.slot_bytes
 
-    def __call__(self, send: torch.Tensor) -> torch.Tensor | None:
-        """send (KVP, …) → recv (KVP, …), or None if the message does not fit a slot (nothing was exchanged)."""
+    def all_to_all(self, send: torch.Tensor) -> torch.Tensor | None:
+        """send (P, …) → recv (P, …), or None if the message does not fit a slot (nothing was exchanged)."""
         if not self.fits(send):
             return None
         self.seq += 1
         return torch.ops.helix_cpu.shm_all_to_all(self.region, send.contiguous(), self.rank, self.world, self.seq,
                                                   self.slot_bytes, self.timeout_s, self.spins)
+
+    __call__ = all_to_all  # the `local_exchange` of vllm_helix.exchange.send_packed
+
+    def all_reduce(self, x: torch.Tensor) -> bool:
+        """x ← Σ over peers, in place (contiguous fp32 / bf16). False, with x untouched, if it cannot go here."""
+        if not (self.fits(x) and x.is_contiguous() and x.dtype in (torch.float32, torch.bfloat16)):
+            return False
+        self.seq += 1
+        torch.ops.helix_cpu.shm_all_reduce(self.region, x, self.rank, self.world, self.seq, self.slot_bytes,
+                                           self.timeout_s, self.spins)
+        return True
 
 
 def all_to_all_reference(send: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
