@@ -90,8 +90,8 @@ def reshard_attention(model: nn.Module, rt: HelixRuntime) -> int:
         old: QKVParallelLinear = block.qkv_proj
         if type(block.attn) is not Attention:
             raise HelixConfigError(f"{name}.attn is a {type(block.attn).__name__}; Helix supports plain Attention")
-        with tensor_parallel_view(rt.tpa_coordinator):
-            new = QKVParallelLinear(old.hidden_size, old.head_size, old.total_num_heads, old.total_num_kv_heads,
+        with tensor_parallel_view(rt.tpa_coordinator):  # the model's true head counts (see constructible_kv_heads)
+            new = QKVParallelLinear(old.hidden_size, old.head_size, grid.num_heads, grid.num_kv_heads,
                                     bias=old.bias is not None, params_dtype=old.params_dtype,
                                     quant_config=None, prefix=old.prefix, v_head_size=old.v_head_size)
         assert new.num_heads == grid.heads_per_tpa_rank and new.num_kv_heads == grid.kv_heads_per_tpa_rank
@@ -108,11 +108,30 @@ def reshard_attention(model: nn.Module, rt: HelixRuntime) -> int:
     return count
 
 
+@contextlib.contextmanager
+def constructible_kv_heads(vllm_config):
+    """Let the stock model be built at TP = N when its K KV heads and N divide neither way (e.g. K = 3, N = 2:
+    vLLM's attention blocks assert K % N == 0 or N % K == 0). Only the attention blocks' `qkv_proj` and `attn`
+    depend on K, and `reshard_attention` rebuilds both from the true K right after construction, before any weight
+    is loaded; so the constructor is shown N KV heads (`hf_config.num_key_value_heads`) meanwhile."""
+    config = vllm_config.model_config.hf_text_config
+    k, n = getattr(config, "num_key_value_heads", None), vllm_config.parallel_config.tensor_parallel_size
+    if not k or k % n == 0 or n % k == 0:
+        yield
+        return
+    config.num_key_value_heads = n
+    try:
+        yield
+    finally:
+        config.num_key_value_heads = k
+
+
 def make_helix_model_class(base: type[nn.Module]) -> type[nn.Module]:
     """A subclass of `base` whose constructor re-shards attention for Helix (see module docstring)."""
 
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
-        base.__init__(self, vllm_config=vllm_config, prefix=prefix)
+        with constructible_kv_heads(vllm_config):
+            base.__init__(self, vllm_config=vllm_config, prefix=prefix)
         if reshard_attention(self, get_runtime()) == 0:
             raise HelixConfigError(f"{base.__name__} has no qkv_proj/attn/o_proj attention block Helix can shard")
 
