@@ -290,9 +290,12 @@ def main() -> None:
         child(json.loads(args.child))
         return
     if args.model == "smollm2":
-        from vllm_helix.demo_model import ensure_demo_model
+        from vllm_helix.demo_model import ensure_demo_model, heads_for
 
-        model, dims, max_len = ensure_demo_model("bfloat16", quiet=True), SMOLLM2, max(args.contexts)
+        # a grid whose N does not divide SmolLM2's 9 heads gets the same model padded to 12 (as serve-demo does)
+        model = {c: ensure_demo_model("bfloat16", quiet=True, heads=heads_for(CONFIGS[c]["tp"]))
+                 for c in args.configs.split(",")}
+        dims, max_len = SMOLLM2, max(args.contexts)
     else:
         max_len = max(args.contexts) + 256
         model, dims = make_model(Path(args.model_dir), max_len), MODEL
@@ -308,7 +311,8 @@ def main() -> None:
                    "helix_tp2_dcp2_gloo": args.gloo_max_context}.get(name, max(args.contexts))
         cases = [(c, b) for c in args.contexts for b in args.batches
                  if c <= max_ctx and (b == 1 or c <= args.batch8_max_context)]
-        spec = {"config": name, "model": str(model), "max_model_len": max_len, "cases": cases,
+        spec = {"config": name, "model": str(model[name] if isinstance(model, dict) else model),
+                "max_model_len": max_len, "cases": cases,
                 "new_tokens": args.new_tokens, "reps": args.reps, "rep_max_context": args.rep_max_context,
                 "vocab": dims["vocab"]}
         results[name] = run_config(spec, args.kv_gib, args.timeout, args.log_dir)

@@ -109,7 +109,7 @@ def _fake_build(monkeypatch, tmp_path, verify=lambda: "Paris.", delay=0.0):
 
     monkeypatch.setattr(dm, "find_gguf", lambda quiet, t0: gguf)
     monkeypatch.setattr(dm, "_dequantize", dequantize)
-    monkeypatch.setattr(dm, "_verify", lambda path, dtype, quiet, t0: verify())
+    monkeypatch.setattr(dm, "_verify", lambda path, dtype, quiet, t0, heads: verify())
     return calls
 
 

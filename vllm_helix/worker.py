@@ -124,20 +124,36 @@ def _shm_exchange(rt, vllm_config):
 class _SharedMemoryAllReduce:
     """Stands in for `torch.distributed` as vLLM 0.32's `CpuCommunicator.dist_module` of the Helix worker's TP group
     (that attribute is where vLLM plugs its own shared-memory ops, `_CPUSHMDistributed`, when its build has them):
-    a synchronous sum all-reduce goes over Helix's shared memory (`ShmGroup.all_reduce`), everything else — and any
-    message that does not fit — to torch.distributed (gloo) unchanged."""
+    a synchronous sum all-reduce of fp32/bf16 goes over Helix's shared memory (`ShmGroup.all_reduce`), everything
+    else — and any message that does not fit — to torch.distributed (gloo) unchanged. Under torch.compile the call
+    is the opaque op `vllm_helix::tp_all_reduce` (like vLLM's `_C.shm_allreduce`), so the graph holds no Python."""
 
-    def __init__(self, shm, stats) -> None:
-        self._shm, self._stats = shm, stats
+    def __init__(self, shm, stats, group) -> None:
+        global _TP_ALL_REDUCE
+        self._shm, self._stats, self._group = shm, stats, group
+        _TP_ALL_REDUCE = self
+
+    def reduce(self, tensor) -> None:
+        """tensor ← Σ over the TP group, in place; shared memory when it fits, gloo otherwise."""
+        import torch.distributed as dist
+
+        started = time.perf_counter()
+        if self._shm.all_reduce(tensor):
+            stats = self._stats()
+            stats.all_reduce_seconds += time.perf_counter() - started  # includes waiting for the peers
+            stats.all_reduces += 1
+        else:
+            dist.all_reduce(tensor, group=self._group)
 
     def all_reduce(self, tensor, op=None, group=None, async_op=False):
         import torch.distributed as dist
 
-        started = time.perf_counter()
-        if (op is None or op == dist.ReduceOp.SUM) and not async_op and self._shm.all_reduce(tensor):
-            stats = self._stats()
-            stats.all_reduce_seconds += time.perf_counter() - started  # includes waiting for the peers
-            stats.all_reduces += 1
+        # vLLM calls this only with its TP device group (`CpuCommunicator.all_reduce`): `group` is that group.
+        if (op is None or op == dist.ReduceOp.SUM) and not async_op and tensor.dtype in (torch.float32, torch.bfloat16):
+            if torch.compiler.is_compiling():
+                torch.ops.vllm_helix.tp_all_reduce(tensor)
+            else:
+                self.reduce(tensor)
             return None
         return dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM, group=group, async_op=async_op)
 
@@ -145,6 +161,20 @@ class _SharedMemoryAllReduce:
         import torch.distributed as dist
 
         return getattr(dist, name)
+
+
+_TP_ALL_REDUCE: _SharedMemoryAllReduce | None = None  # this process's installed all-reduce (one TP group per worker)
+
+
+@torch.library.custom_op("vllm_helix::tp_all_reduce", mutates_args=("tensor",))
+def _tp_all_reduce(tensor: torch.Tensor) -> None:
+    """tensor ← Σ over this worker's TP group, in place (`_SharedMemoryAllReduce.reduce`)."""
+    _TP_ALL_REDUCE.reduce(tensor)
+
+
+@_tp_all_reduce.register_fake
+def _(tensor: torch.Tensor) -> None:
+    return None
 
 
 def _shm_tp_all_reduce(rt, vllm_config) -> bool:
@@ -168,7 +198,7 @@ def _shm_tp_all_reduce(rt, vllm_config) -> bool:
     except (RuntimeError, OSError) as exc:
         logger.warning("Helix: shared-memory TP all-reduce unavailable (%s); vLLM's gloo all-reduce stays", exc)
         return False
-    communicator.dist_module = _SharedMemoryAllReduce(shm, lambda: get_runtime().stats)
+    communicator.dist_module = _SharedMemoryAllReduce(shm, lambda: get_runtime().stats, communicator.device_group)
     if rt.rank == 0:
         logger.info("Helix: TP all-reduce over shared memory (vLLM's CPU build has none here; %d MiB slots)",
                     slot >> 20)

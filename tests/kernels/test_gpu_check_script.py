@@ -19,7 +19,7 @@ from tests.kernels import gpu_check
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="no make")
 def test_make_target_runs_the_script_from_the_checkout():
-    out = subprocess.run(["make", "-n", "gpu-check", "GPU_PYTHON=py"], check=False, cwd=gpu_check.REPO,
+    out = subprocess.run(["make", "-n", "--no-print-directory", "gpu-check", "GPU_PYTHON=py"], check=False, cwd=gpu_check.REPO,
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines() == ["PYTHONPATH=. py tests/kernels/gpu_check.py"]
