@@ -95,15 +95,27 @@ def main() -> None:
     dtype, item = torch.bfloat16, 2
     native = cpu_build.status()
     impls = {
-        "native": lambda q, kc, vc, t, n: cpu_decode_attention.partial_decode_attention(q, kc, vc, t, n, DIM ** -0.5),
-        "torch": lambda q, kc, vc, t, n: cpu_decode_attention.partial_decode_attention_reference(q, kc, vc, t, n,
-                                                                                                DIM ** -0.5),
+        "native": lambda q, kc, vc, t, n: cpu_decode_attention.partial_decode_attention(
+            q, kc, vc, t, n, DIM**-0.5
+        ),
+        "torch": lambda q, kc, vc, t, n: cpu_decode_attention.partial_decode_attention_reference(
+            q, kc, vc, t, n, DIM**-0.5
+        ),
     }
-    impls = {k: v for k, v in impls.items() if k in args.impls.split(",") and (k != "native" or native["available"])}
+    impls = {
+        k: v
+        for k, v in impls.items()
+        if k in args.impls.split(",") and (k != "native" or native["available"])
+    }
     cases = [(c, b) for c in args.contexts for b in args.batches if b == 1 or c <= args.batch8_max_context]
-    step_bytes = sorted({args.layers * ceilings.decode_attention_cost(c // w["share"], w["heads"], w["kv_heads"],
-                                                                      DIM, item, b)[0]
-                         for c, b in cases for w in WORKS.values()})
+    step_bytes = sorted(
+        {
+            args.layers
+            * ceilings.decode_attention_cost(c // w["share"], w["heads"], w["kv_heads"], DIM, item, b)[0]
+            for c, b in cases
+            for w in WORKS.values()
+        }
+    )
     ceil = ceilings.measure(step_bytes)
     load_before = os.getloadavg()
     rows = []
@@ -115,10 +127,20 @@ def main() -> None:
             nbytes, flops = ceilings.decode_attention_cost(keys, w["heads"], w["kv_heads"], DIM, item, batch)
             bw = ceil["read_GBps"][str(args.layers * nbytes)] * 1e9
             bound = ceilings.attention_bound_s(nbytes, flops, bw, ceil["fp32_fma_GFLOPs"] * 1e9)
-            row = {"context": ctx, "batch": batch, "work": work, "heads": w["heads"], "keys": keys,
-                   "kv_bytes": nbytes, "flops": flops, "read_GBps_at_step_size": round(bw / 1e9, 2),
-                   "bound_ms": round(bound * 1e3, 4),
-                   "bound_by": "bandwidth" if nbytes / bw >= flops / (ceil["fp32_fma_GFLOPs"] * 1e9) else "compute"}
+            row = {
+                "context": ctx,
+                "batch": batch,
+                "work": work,
+                "heads": w["heads"],
+                "keys": keys,
+                "kv_bytes": nbytes,
+                "flops": flops,
+                "read_GBps_at_step_size": round(bw / 1e9, 2),
+                "bound_ms": round(bound * 1e3, 4),
+                "bound_by": "bandwidth"
+                if nbytes / bw >= flops / (ceil["fp32_fma_GFLOPs"] * 1e9)
+                else "compute",
+            }
             for name, fn in impls.items():
                 t = time_calls(lambda kc, vc: fn(q, kc, vc, table, lens), caches, args.reps)
                 row[f"{name}_ms"] = round(t * 1e3, 4)
@@ -138,11 +160,28 @@ def main() -> None:
         if "native" in impls and "torch" in impls:
             entry["native_helix_vs_torch_helix"] = round(h["torch_ms"] / h["native_ms"], 3)
         ablation.append(entry)
-    print(json.dumps({"benchmark": "attention", "date": datetime.datetime.now().isoformat(timespec="seconds"),
-                      "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "loadavg_before": load_before,
-                                  "loadavg_after": os.getloadavg()},
-                      "native": native, "dtype": "bfloat16", "threads": 1, "layers": args.layers,
-                      "reps": args.reps, "ceilings": ceil, "rows": rows, "ablation": ablation}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "attention",
+                "date": datetime.datetime.now().isoformat(timespec="seconds"),
+                "machine": {
+                    "cpu": cpu_model(),
+                    "cores": os.cpu_count(),
+                    "loadavg_before": load_before,
+                    "loadavg_after": os.getloadavg(),
+                },
+                "native": native,
+                "dtype": "bfloat16",
+                "threads": 1,
+                "layers": args.layers,
+                "reps": args.reps,
+                "ceilings": ceil,
+                "rows": rows,
+                "ablation": ablation,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

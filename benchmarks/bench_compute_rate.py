@@ -39,12 +39,15 @@ def main() -> None:
     sdpa = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     rows, dim = 8, 64
     for keys in (8192, 32768, 65536):
-        q = torch.randn(1, 1, rows, dim, dtype=torch.bfloat16)         # (1, kv_heads, query rows, D)
+        q = torch.randn(1, 1, rows, dim, dtype=torch.bfloat16)  # (1, kv_heads, query rows, D)
         k = torch.randn(1, 1, keys, dim, dtype=torch.bfloat16)
         v = torch.randn_like(k)
-        t = _median_s(lambda: sdpa(q, k, v, scale=dim ** -0.5))
-        result[f"flash_decode_{keys}"] = {"ms": round(t * 1e3, 3), "GFLOPs": round(4 * rows * keys * dim / t / 1e9, 1),
-                                          "kv_GBps": round(2 * keys * dim * 2 / t / 1e9, 2)}
+        t = _median_s(lambda: sdpa(q, k, v, scale=dim**-0.5))
+        result[f"flash_decode_{keys}"] = {
+            "ms": round(t * 1e3, 3),
+            "GFLOPs": round(4 * rows * keys * dim / t / 1e9, 1),
+            "kv_GBps": round(2 * keys * dim * 2 / t / 1e9, 2),
+        }
     src = torch.empty(256 * 2**20 // 2, dtype=torch.bfloat16)
     dst = torch.empty_like(src)
     result["copy_256MiB_read_GBps"] = round(256 * 2**20 / _median_s(lambda: dst.copy_(src), 5) / 1e9, 2)

@@ -31,8 +31,14 @@ def stream_once(base: str, max_tokens: int) -> tuple[float, list[float], str]:
     """(time to first token s, gaps between later chunks s, text) of one streamed chat completion."""
     import requests
 
-    body = {"model": "smollm2", "messages": CHAT, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            "ignore_eos": True}
+    body = {
+        "model": "smollm2",
+        "messages": CHAT,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "ignore_eos": True,
+    }
     t0 = time.perf_counter()
     stamps, text = [], []
     with requests.post(f"{base}/v1/chat/completions", json=body, stream=True, timeout=600) as resp:
@@ -59,10 +65,15 @@ def measure(args: list[str], reps: int, max_tokens: int) -> dict:
             first, between, text = stream_once(server.base, max_tokens)
             ttft.append(first)
             gaps.extend(between)
-    return {"args": args, "startup_s": round(ready, 1), "ttft_ms": round(statistics.median(ttft) * 1e3, 1),
-            "per_token_ms": round(statistics.median(gaps) * 1e3, 2),
-            "per_token_ms_p90": round(sorted(gaps)[int(0.9 * (len(gaps) - 1))] * 1e3, 2),
-            "tokens": len(gaps) // reps + 1, "answer_start": text[:60]}
+    return {
+        "args": args,
+        "startup_s": round(ready, 1),
+        "ttft_ms": round(statistics.median(ttft) * 1e3, 1),
+        "per_token_ms": round(statistics.median(gaps) * 1e3, 2),
+        "per_token_ms_p90": round(sorted(gaps)[int(0.9 * (len(gaps) - 1))] * 1e3, 2),
+        "tokens": len(gaps) // reps + 1,
+        "answer_start": text[:60],
+    }
 
 
 def main() -> None:
@@ -76,11 +87,23 @@ def main() -> None:
     load_before = os.getloadavg()
     helix = measure(shlex.split(args.helix_args), args.reps, args.max_tokens)
     stock = measure(["--stock"], args.reps, args.max_tokens)
-    print(json.dumps({"benchmark": "demo", "date": datetime.datetime.now().isoformat(timespec="seconds"),
-                      "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "loadavg_before": load_before,
-                                  "loadavg_after": os.getloadavg()},
-                      "helix": helix, "stock_tp1": stock,
-                      "helix_over_stock_per_token": round(helix["per_token_ms"] / stock["per_token_ms"], 2)}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "demo",
+                "date": datetime.datetime.now().isoformat(timespec="seconds"),
+                "machine": {
+                    "cpu": cpu_model(),
+                    "cores": os.cpu_count(),
+                    "loadavg_before": load_before,
+                    "loadavg_after": os.getloadavg(),
+                },
+                "helix": helix,
+                "stock_tp1": stock,
+                "helix_over_stock_per_token": round(helix["per_token_ms"] / stock["per_token_ms"], 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -15,8 +15,14 @@ import importlib
 
 __all__ = ["triton_available"]  # submodules load lazily through __getattr__
 
-_SUBMODULES = ("partial_attention", "cpu_decode_attention", "cpu_build", "combine", "mla_partial_attention",
-               "dispatch")
+_SUBMODULES = (
+    "partial_attention",
+    "cpu_decode_attention",
+    "cpu_build",
+    "combine",
+    "mla_partial_attention",
+    "dispatch",
+)
 
 
 @functools.cache

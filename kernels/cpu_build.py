@@ -41,11 +41,18 @@ def load() -> str | None:
     try:
         from torch.utils.cpp_extension import load as cpp_load
 
-        cpp_load(name=EXTENSION_NAME, sources=[str(s) for s in sources()], extra_cflags=["-O3"],
-                 is_python_module=False, verbose=False)
+        cpp_load(
+            name=EXTENSION_NAME,
+            sources=[str(s) for s in sources()],
+            extra_cflags=["-O3"],
+            is_python_module=False,
+            verbose=False,
+        )
         torch.ops.helix_cpu.decode_attention  # noqa: B018 - raises if registration did not happen
     except Exception as exc:  # noqa: BLE001 - any build/load failure means: use the torch path
-        reason = f"native CPU ops unavailable ({type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]})"
+        reason = (
+            f"native CPU ops unavailable ({type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]})"
+        )
         logger.warning("vllm-helix: %s; using the torch attention path", reason)
         return reason
     return None

@@ -19,8 +19,13 @@ __all__ = ["combine_packed", "combine_packed_reference", "supports"]
 
 
 def supports(recv: torch.Tensor, out: torch.Tensor) -> bool:
-    return (recv.device.type == "cpu" and recv.dtype == out.dtype and recv.dtype in (torch.float32, torch.bfloat16)
-            and recv.is_contiguous() and out.stride(-1) == 1)
+    return (
+        recv.device.type == "cpu"
+        and recv.dtype == out.dtype
+        and recv.dtype in (torch.float32, torch.bfloat16)
+        and recv.is_contiguous()
+        and out.stride(-1) == 1
+    )
 
 
 def combine_packed(recv: torch.Tensor, out: torch.Tensor) -> None:

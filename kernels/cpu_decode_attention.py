@@ -22,8 +22,12 @@ import torch
 
 from vllm_helix.kernels import cpu_build
 
-__all__ = ["partial_decode_attention", "partial_decode_attention_packed", "partial_decode_attention_reference",
-           "supports"]
+__all__ = [
+    "partial_decode_attention",
+    "partial_decode_attention_packed",
+    "partial_decode_attention_reference",
+    "supports",
+]
 
 DTYPES = (torch.float32, torch.bfloat16)
 MAX_DIM = 256
@@ -31,39 +35,45 @@ MAX_DIM = 256
 
 def supports(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor) -> bool:
     """Whether the native op takes these tensors (else the caller uses the torch path)."""
-    return (query.device.type == "cpu" and query.dtype in DTYPES and key_cache.dtype == value_cache.dtype == query.dtype
-            and query.shape[-1] % 16 == 0 and value_cache.shape[-1] % 16 == 0
-            and max(query.shape[-1], value_cache.shape[-1]) <= MAX_DIM
-            and query.stride(-1) == key_cache.stride(-1) == value_cache.stride(-1) == 1)
+    return (
+        query.device.type == "cpu"
+        and query.dtype in DTYPES
+        and key_cache.dtype == value_cache.dtype == query.dtype
+        and query.shape[-1] % 16 == 0
+        and value_cache.shape[-1] % 16 == 0
+        and max(query.shape[-1], value_cache.shape[-1]) <= MAX_DIM
+        and query.stride(-1) == key_cache.stride(-1) == value_cache.stride(-1) == 1
+    )
 
 
 def partial_decode_attention(
-    query: torch.Tensor,            # (num_seqs, heads, head_dim)
-    key_cache: torch.Tensor,        # (num_blocks, block_size, kv_heads, head_dim)
-    value_cache: torch.Tensor,      # (num_blocks, block_size, kv_heads, v_dim)
-    block_table: torch.Tensor,      # (num_seqs, max_blocks) int32 (int64 is converted)
-    local_seq_lens: torch.Tensor,   # (num_seqs,) int32/int64
+    query: torch.Tensor,  # (num_seqs, heads, head_dim)
+    key_cache: torch.Tensor,  # (num_blocks, block_size, kv_heads, head_dim)
+    value_cache: torch.Tensor,  # (num_blocks, block_size, kv_heads, v_dim)
+    block_table: torch.Tensor,  # (num_seqs, max_blocks) int32 (int64 is converted)
+    local_seq_lens: torch.Tensor,  # (num_seqs,) int32/int64
     scale: float,
     *,
-    num_splits: int = 0,            # 0: one split per item unless there are fewer items than threads
-    isa: str = "auto",              # "auto", "avx512", "avx2", "generic8", "generic16" (tests)
+    num_splits: int = 0,  # 0: one split per item unless there are fewer items than threads
+    isa: str = "auto",  # "auto", "avx512", "avx2", "generic8", "generic16" (tests)
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """→ O (num_seqs, heads, v_dim) in the query's dtype, LSE (num_seqs, heads) fp32."""
     reason = cpu_build.load()
     if reason is not None:
         raise RuntimeError(reason)
-    return torch.ops.helix_cpu.decode_attention(query, key_cache, value_cache, block_table, local_seq_lens,
-                                                float(scale), num_splits, isa)
+    return torch.ops.helix_cpu.decode_attention(
+        query, key_cache, value_cache, block_table, local_seq_lens, float(scale), num_splits, isa
+    )
 
 
 def partial_decode_attention_packed(
-    query: torch.Tensor,            # (num_seqs, heads, head_dim)
-    key_cache: torch.Tensor,        # (num_blocks, block_size, kv_heads, head_dim)
-    value_cache: torch.Tensor,      # (num_blocks, block_size, kv_heads, v_dim)
-    block_table: torch.Tensor,      # (num_seqs, max_blocks) int32
-    local_seq_lens: torch.Tensor,   # (num_seqs,) int32/int64
+    query: torch.Tensor,  # (num_seqs, heads, head_dim)
+    key_cache: torch.Tensor,  # (num_blocks, block_size, kv_heads, head_dim)
+    value_cache: torch.Tensor,  # (num_blocks, block_size, kv_heads, v_dim)
+    block_table: torch.Tensor,  # (num_seqs, max_blocks) int32
+    local_seq_lens: torch.Tensor,  # (num_seqs,) int32/int64
     scale: float,
-    chunks: int,                    # KVP: the heads are cut into `chunks` equal parts, one per KVP peer
+    chunks: int,  # KVP: the heads are cut into `chunks` equal parts, one per KVP peer
     *,
     num_splits: int = 0,
     isa: str = "auto",
@@ -74,8 +84,9 @@ def partial_decode_attention_packed(
     reason = cpu_build.load()
     if reason is not None:
         raise RuntimeError(reason)
-    return torch.ops.helix_cpu.decode_attention_packed(query, key_cache, value_cache, block_table, local_seq_lens,
-                                                       float(scale), chunks, num_splits, isa)
+    return torch.ops.helix_cpu.decode_attention_packed(
+        query, key_cache, value_cache, block_table, local_seq_lens, float(scale), chunks, num_splits, isa
+    )
 
 
 def partial_decode_attention_reference(
@@ -90,5 +101,6 @@ def partial_decode_attention_reference(
     from vllm_helix.partial_attention import paged_partial_attention
 
     query_start_loc = torch.arange(query.shape[0] + 1)
-    return paged_partial_attention(query, key_cache, value_cache, block_table, local_seq_lens, query_start_loc,
-                                   scale)
+    return paged_partial_attention(
+        query, key_cache, value_cache, block_table, local_seq_lens, query_start_loc, scale
+    )

@@ -28,7 +28,9 @@ from vllm_helix.kernels import cpu_build
 
 __all__ = ["ShmGroup", "all_to_all_reference", "DEFAULT_SLOT_BYTES"]
 
-DEFAULT_SLOT_BYTES = 8 << 20     # per rank and buffer; decode exchanges are KBs, large prefill chunks go over gloo
+DEFAULT_SLOT_BYTES = (
+    8 << 20
+)  # per rank and buffer; decode exchanges are KBs, large prefill chunks go over gloo
 _HEADER_LINE = 64
 TIMEOUT_ENV, SPINS_ENV = "VLLM_HELIX_SHM_TIMEOUT_S", "VLLM_HELIX_SHM_SPINS"
 
@@ -36,8 +38,13 @@ TIMEOUT_ENV, SPINS_ENV = "VLLM_HELIX_SHM_TIMEOUT_S", "VLLM_HELIX_SHM_SPINS"
 class ShmGroup:
     """Synchronous collectives over shared memory for one process group (see the module docstring)."""
 
-    def __init__(self, group: dist.ProcessGroup, group_ranks: list[int], rank_in_group: int,
-                 slot_bytes: int = DEFAULT_SLOT_BYTES) -> None:
+    def __init__(
+        self,
+        group: dist.ProcessGroup,
+        group_ranks: list[int],
+        rank_in_group: int,
+        slot_bytes: int = DEFAULT_SLOT_BYTES,
+    ) -> None:
         reason = cpu_build.load()
         if reason is not None:
             raise RuntimeError(reason)
@@ -76,8 +83,16 @@ class ShmGroup:
         if not self.fits(send):
             return None
         self.seq += 1
-        return torch.ops.helix_cpu.shm_all_to_all(self.region, send.contiguous(), self.rank, self.world, self.seq,
-                                                  self.slot_bytes, self.timeout_s, self.spins)
+        return torch.ops.helix_cpu.shm_all_to_all(
+            self.region,
+            send.contiguous(),
+            self.rank,
+            self.world,
+            self.seq,
+            self.slot_bytes,
+            self.timeout_s,
+            self.spins,
+        )
 
     __call__ = all_to_all  # the `local_exchange` of vllm_helix.exchange.send_packed
 
@@ -86,8 +101,9 @@ class ShmGroup:
         if not (self.fits(x) and x.is_contiguous() and x.dtype in (torch.float32, torch.bfloat16)):
             return False
         self.seq += 1
-        torch.ops.helix_cpu.shm_all_reduce(self.region, x, self.rank, self.world, self.seq, self.slot_bytes,
-                                           self.timeout_s, self.spins)
+        torch.ops.helix_cpu.shm_all_reduce(
+            self.region, x, self.rank, self.world, self.seq, self.slot_bytes, self.timeout_s, self.spins
+        )
         return True
 
 

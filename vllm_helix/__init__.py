@@ -12,8 +12,9 @@ __version__ = "0.1.0"
 import os as _os
 
 _checkout = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
-if (not _os.path.isdir(_os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "kernels"))
-        and _os.path.isfile(_os.path.join(_checkout, "kernels", "_triton.py"))):
+if not _os.path.isdir(
+    _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "kernels")
+) and _os.path.isfile(_os.path.join(_checkout, "kernels", "_triton.py")):
     __path__.append(_checkout)
 
 

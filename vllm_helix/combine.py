@@ -25,11 +25,11 @@ def combine_partials(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Combine KVP partials into the exact output (tokens, heads, dim) and its LSE (tokens, heads)."""
     lse = partial_lse.float()
-    m = lse.amax(dim=0)                                            # (tokens, heads)
+    m = lse.amax(dim=0)  # (tokens, heads)
     m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    w = torch.exp(lse - m_safe)                                    # (kvp, tokens, heads); 0 for empty shards
-    total = w.sum(dim=0)                                           # (tokens, heads)
+    w = torch.exp(lse - m_safe)  # (kvp, tokens, heads); 0 for empty shards
+    total = w.sum(dim=0)  # (tokens, heads)
     weights = w / total.clamp_min(1e-30)
     out = (weights.unsqueeze(-1) * partial_out.float()).sum(dim=0)  # (tokens, heads, dim)
-    out_lse = m_safe + torch.log(total)                            # −inf where all shards are empty
+    out_lse = m_safe + torch.log(total)  # −inf where all shards are empty
     return out.to(out_dtype or partial_out.dtype), out_lse

@@ -26,7 +26,10 @@ WORKER_CLASS_NAMES = ("vllm_helix.Worker", "vllm_helix.worker.Worker")
 # Model classes whose attention Helix can re-shard (`vllm_helix.model_surgery`), checked before workers spawn by
 # `vllm_helix.validation`. Kept here (no vLLM import) so the pre-spawn check stays cheap.
 SUPPORTED_ARCHITECTURES = (
-    "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
 )
 # MLA models: no re-sharding, vLLM's MLA + DCP flow with the Helix MLA backend (`vllm_helix.attention.mla`).
 MLA_ARCHITECTURES = ("DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM")
@@ -44,11 +47,17 @@ class HelixConfig:
         if self.hop_b not in (True, False, "auto"):
             raise HelixConfigError(f'helix.hop_b must be "auto", true or false, got {self.hop_b!r}')
         if self.hop_b_slices is not None and (
-                not isinstance(self.hop_b_slices, int) or isinstance(self.hop_b_slices, bool)
-                or self.hop_b_slices < 2):
-            raise HelixConfigError(f"helix.hop_b_slices must be an integer ≥ 2 or null, got {self.hop_b_slices!r}")
+            not isinstance(self.hop_b_slices, int)
+            or isinstance(self.hop_b_slices, bool)
+            or self.hop_b_slices < 2
+        ):
+            raise HelixConfigError(
+                f"helix.hop_b_slices must be an integer ≥ 2 or null, got {self.hop_b_slices!r}"
+            )
         if self.kernels not in ("auto", "native", "torch", "triton"):
-            raise HelixConfigError(f'helix.kernels must be "auto", "native", "torch" or "triton", got {self.kernels!r}')
+            raise HelixConfigError(
+                f'helix.kernels must be "auto", "native", "torch" or "triton", got {self.kernels!r}'
+            )
         if not isinstance(self.metrics, bool):
             raise HelixConfigError(f"helix.metrics must be true or false, got {self.metrics!r}")
         if self.exchange not in ("auto", "shm", "gloo"):
@@ -61,13 +70,17 @@ class HelixConfig:
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
-            raise HelixConfigError(f'--additional-config "helix" must be a JSON object, got {raw!r}; e.g. '
-                                   '\'{"helix": {"hop_b": false}}\'')
+            raise HelixConfigError(
+                f'--additional-config "helix" must be a JSON object, got {raw!r}; e.g. '
+                '\'{"helix": {"hop_b": false}}\''
+            )
         valid = {f.name for f in fields(cls)}
         unknown = sorted(set(raw) - valid)
         if unknown:
-            raise HelixConfigError(f"unknown --additional-config helix key(s) {unknown}; valid keys: {sorted(valid)} "
-                                   '(e.g. --additional-config \'{"helix": {"hop_b": "auto", "kernels": "auto"}}\')')
+            raise HelixConfigError(
+                f"unknown --additional-config helix key(s) {unknown}; valid keys: {sorted(valid)} "
+                '(e.g. --additional-config \'{"helix": {"hop_b": "auto", "kernels": "auto"}}\')'
+            )
         return cls(**raw)
 
 

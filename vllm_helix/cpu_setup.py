@@ -38,8 +38,9 @@ def remove_cuda_only_packages() -> list[str]:
     """Fix 1: uninstall the CUDA-only companions of torch that PyPI pulled in. Returns what was removed."""
     present = [p for p in _CUDA_ONLY_PACKAGES if _installed(p)]
     if present:
-        subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", *present], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "uninstall", "-y", *present], check=True, stdout=subprocess.DEVNULL
+        )
     return present
 
 
@@ -88,14 +89,20 @@ def apply_fixes(verbose: bool = True) -> int:
     if verbose:
         print(f"[setup-cpu] removed CUDA-only packages: {', '.join(removed) or 'none needed'}")
         print(f"[setup-cpu] vllm metadata shim: {shim or 'not needed'}")
-    check = subprocess.run([sys.executable, "-c", "import importlib.metadata as m, vllm; print(m.version('vllm'))"],
-                           capture_output=True, text=True, env={**os.environ, **cpu_env()})
+    check = subprocess.run(
+        [sys.executable, "-c", "import importlib.metadata as m, vllm; print(m.version('vllm'))"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **cpu_env()},
+    )
     if check.returncode != 0:
         print(f"[setup-cpu] `import vllm` still fails:\n{check.stderr[-2000:]}", file=sys.stderr)
         return 1
     if verbose:
-        print(f"[setup-cpu] vllm {check.stdout.strip()} imports; fix 3 (`if __name__ == '__main__':` guard) is "
-              "followed by vllm-helix's own scripts")
+        print(
+            f"[setup-cpu] vllm {check.stdout.strip()} imports; fix 3 (`if __name__ == '__main__':` guard) is "
+            "followed by vllm-helix's own scripts"
+        )
     return build_native_ops(verbose)
 
 

@@ -18,10 +18,24 @@ import sys
 
 def build_command(model_path: str, args: argparse.Namespace, extra: list[str]) -> list[str]:
     vllm_cli = os.path.join(os.path.dirname(sys.executable), "vllm")
-    cmd = [vllm_cli, "serve", model_path,
-           "--host", args.host, "--port", str(args.port), "--served-model-name", "smollm2",
-           "--dtype", args.dtype, "--enforce-eager", "--max-model-len", str(args.max_model_len),
-           "--max-num-seqs", str(args.max_num_seqs)]
+    cmd = [
+        vllm_cli,
+        "serve",
+        model_path,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        "--served-model-name",
+        "smollm2",
+        "--dtype",
+        args.dtype,
+        "--enforce-eager",
+        "--max-model-len",
+        str(args.max_model_len),
+        "--max-num-seqs",
+        str(args.max_num_seqs),
+    ]
     if not args.stock:
         cmd += ["--worker-cls", "vllm_helix.Worker", "-tp", str(args.tp), "-dcp", str(args.dcp)]
     return cmd + extra
@@ -30,7 +44,7 @@ def build_command(model_path: str, args: argparse.Namespace, extra: list[str]) -
 def main(argv: list[str]) -> int:
     extra: list[str] = []
     if "--" in argv:
-        extra = argv[argv.index("--") + 1:]
+        extra = argv[argv.index("--") + 1 :]
         argv = argv[: argv.index("--")]
     p = argparse.ArgumentParser(prog="vllm-helix serve-demo", description=__doc__)
     p.add_argument("--host", default="127.0.0.1")

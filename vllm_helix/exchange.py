@@ -25,15 +25,22 @@ import torch.distributed as dist
 
 from vllm_helix.combine import combine_partials
 
-__all__ = ["pack_partials", "unpack_partials", "combine_received", "exchange_and_combine", "start_exchange",
-           "send_packed", "finish_exchange"]
+__all__ = [
+    "pack_partials",
+    "unpack_partials",
+    "combine_received",
+    "exchange_and_combine",
+    "start_exchange",
+    "send_packed",
+    "finish_exchange",
+]
 
 
 def pack_partials(out: torch.Tensor, lse: torch.Tensor, kvp: int) -> torch.Tensor:
     """(tokens, heads, D) + (tokens, heads) fp32 → (KVP, tokens, heads/KVP, D + e), chunk j destined to peer j."""
     tokens, heads, dim = out.shape
     lse_bits = lse.float().contiguous().view(out.dtype).view(tokens, heads, -1)  # (tokens, heads, e)
-    packed = torch.cat([out, lse_bits], dim=-1)                                     # (tokens, heads, D + e)
+    packed = torch.cat([out, lse_bits], dim=-1)  # (tokens, heads, D + e)
     return packed.view(tokens, kvp, heads // kvp, -1).transpose(0, 1).contiguous()
 
 
@@ -51,14 +58,21 @@ def combine_received(recv: torch.Tensor, out: torch.Tensor) -> None:
     out.copy_(combine_partials(partial_out, partial_lse, out.dtype)[0])
 
 
-def start_exchange(out: torch.Tensor, lse: torch.Tensor, group: dist.ProcessGroup | None, kvp: int,
-                   async_op: bool = False, local_exchange=None):
+def start_exchange(
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    group: dist.ProcessGroup | None,
+    kvp: int,
+    async_op: bool = False,
+    local_exchange=None,
+):
     """Pack partials (tokens, heads, D) + (tokens, heads) and launch their all-to-all (`send_packed`)."""
     return send_packed(pack_partials(out, lse, kvp), group, kvp, async_op, local_exchange)
 
 
-def send_packed(send: torch.Tensor, group: dist.ProcessGroup | None, kvp: int, async_op: bool = False,
-                local_exchange=None):
+def send_packed(
+    send: torch.Tensor, group: dist.ProcessGroup | None, kvp: int, async_op: bool = False, local_exchange=None
+):
     """Launch the all-to-all of a packed send buffer (KVP, tokens, h, D + e). Returns (received buffer, work handle
     or None). `local_exchange` (on CPU a `vllm_helix.kernels.cpu_shm_collectives.ShmGroup`), if given, carries a
     synchronous exchange over shared memory instead of `group` when the message fits it."""
@@ -73,8 +87,14 @@ def send_packed(send: torch.Tensor, group: dist.ProcessGroup | None, kvp: int, a
     return recv, (work if async_op else None)
 
 
-def finish_exchange(recv: torch.Tensor, work, dim: int, out_dtype: torch.dtype, combine=combine_received,
-                    out: torch.Tensor | None = None) -> torch.Tensor:
+def finish_exchange(
+    recv: torch.Tensor,
+    work,
+    dim: int,
+    out_dtype: torch.dtype,
+    combine=combine_received,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Wait for the all-to-all and combine into `out` (tokens, H/N, D), allocated in `out_dtype` if None.
     `combine(recv, out)`: `combine_received` or the kernel `vllm_helix.kernels.dispatch.combine_packed` picks."""
     if work is not None:
@@ -85,8 +105,9 @@ def finish_exchange(recv: torch.Tensor, work, dim: int, out_dtype: torch.dtype, 
     return out
 
 
-def exchange_and_combine(out: torch.Tensor, lse: torch.Tensor, group: dist.ProcessGroup | None,
-                         kvp: int) -> torch.Tensor:
+def exchange_and_combine(
+    out: torch.Tensor, lse: torch.Tensor, group: dist.ProcessGroup | None, kvp: int
+) -> torch.Tensor:
     """Partials (tokens, H/TPA, D) + LSE (tokens, H/TPA) on every KVP peer → exact (tokens, H/N, D) on each."""
     recv, work = start_exchange(out, lse, group, kvp)
     return finish_exchange(recv, work, out.shape[-1], out.dtype)

@@ -30,8 +30,9 @@ AUTO_MAX_SLICES = 4
 AUTO_MIN_DECODE_REQS = {"cpu": 32}
 
 
-def plan_slices(num_reqs: int, num_decode_reqs: int, kvp: int, config: HelixConfig,
-                auto_min_decode_reqs: int = 2) -> list[tuple[int, int]]:
+def plan_slices(
+    num_reqs: int, num_decode_reqs: int, kvp: int, config: HelixConfig, auto_min_decode_reqs: int = 2
+) -> list[tuple[int, int]]:
     """Request ranges [(r0, r1), ...] covering 0..num_reqs, in order (pure)."""
     if config.hop_b is False or kvp == 1 or num_reqs <= 1:
         return [(0, num_reqs)]
@@ -52,16 +53,37 @@ def _partial(query, key_cache, value_cache, md, r0: int, r1: int, scale: float, 
     and prefill chunks through the torch path."""
     qsl = md.query_start_loc
     impl = dispatch.select_impl(query.device, rt.config.kernels)
-    d1 = min(r1, md.num_decode_tokens) if impl != "torch" else r0    # requests r0..d1 decode
+    d1 = min(r1, md.num_decode_tokens) if impl != "torch" else r0  # requests r0..d1 decode
     parts = []
     if d1 > r0:  # decode tokens r0..d1 (token index = request index for the leading decode requests)
-        parts.append(dispatch.decode_attention(query[r0:d1], key_cache, value_cache, md.block_table[r0:d1],
-                                               md.local_seq_lens[r0:d1].to(query.device), scale, force=impl))
+        parts.append(
+            dispatch.decode_attention(
+                query[r0:d1],
+                key_cache,
+                value_cache,
+                md.block_table[r0:d1],
+                md.local_seq_lens[r0:d1].to(query.device),
+                scale,
+                force=impl,
+            )
+        )
     if r1 > d1:
         t0, t1 = int(qsl[d1]), int(qsl[r1])
-        parts.append(paged_partial_attention(
-            query[t0:t1], key_cache, value_cache, md.block_table[d1:r1], md.local_seq_lens[d1:r1],
-            qsl[d1:r1 + 1] - t0, scale, md.query_positions[t0:t1], rt.kvp_rank, rt.grid.kvp, rt.interleave))
+        parts.append(
+            paged_partial_attention(
+                query[t0:t1],
+                key_cache,
+                value_cache,
+                md.block_table[d1:r1],
+                md.local_seq_lens[d1:r1],
+                qsl[d1 : r1 + 1] - t0,
+                scale,
+                md.query_positions[t0:t1],
+                rt.kvp_rank,
+                rt.grid.kvp,
+                rt.interleave,
+            )
+        )
     if len(parts) == 1:
         return parts[0]
     return torch.cat([parts[0][0], parts[1][0]]), torch.cat([parts[0][1], parts[1][1]])
@@ -74,38 +96,58 @@ def _partial_packed(query, key_cache, value_cache, md, r0: int, r1: int, scale: 
         whole = r0 == 0 and r1 == md.num_reqs
         table = md.block_table if whole else md.block_table[r0:r1]
         lens = md.local_seq_lens if whole else md.local_seq_lens[r0:r1]
-        return dispatch.decode_attention_packed(query if whole else query[r0:r1], key_cache, value_cache, table,
-                                                lens.to(query.device), scale, rt.grid.kvp, force=impl)
+        return dispatch.decode_attention_packed(
+            query if whole else query[r0:r1],
+            key_cache,
+            value_cache,
+            table,
+            lens.to(query.device),
+            scale,
+            rt.grid.kvp,
+            force=impl,
+        )
     out, lse = _partial(query, key_cache, value_cache, md, r0, r1, scale, rt)  # (t, H/TPA, D), (t, H/TPA)
     return pack_partials(out, lse, rt.grid.kvp)
 
 
-def attend_and_exchange(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, md, scale: float,
-                        rt, out: torch.Tensor | None = None) -> torch.Tensor:
+def attend_and_exchange(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    md,
+    scale: float,
+    rt,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """query (tokens, H/TPA, D), caches (blocks, block_size, kv_heads, D) → exact (tokens, H/N, D), written into
     `out` (allocated if None) and returned. The implementation is chosen once per call (`dispatch.select_impl`)."""
     kvp = rt.grid.kvp
     impl = dispatch.select_impl(query.device, rt.config.kernels)
-    slices = plan_slices(md.num_reqs, md.num_decode_tokens, kvp, rt.config,
-                         AUTO_MIN_DECODE_REQS.get(query.device.type, 2))
+    slices = plan_slices(
+        md.num_reqs, md.num_decode_tokens, kvp, rt.config, AUTO_MIN_DECODE_REQS.get(query.device.type, 2)
+    )
     pending, exchange_seconds = [], 0.0
     for r0, r1 in slices:
         send = _partial_packed(query, key_cache, value_cache, md, r0, r1, scale, rt, impl)
         launched = time.perf_counter()
-        pending.append(send_packed(send, rt.kvp_group, kvp, async_op=len(slices) > 1,
-                                   local_exchange=rt.kvp_exchange))
+        pending.append(
+            send_packed(send, rt.kvp_group, kvp, async_op=len(slices) > 1, local_exchange=rt.kvp_exchange)
+        )
         exchange_seconds += time.perf_counter() - launched
     waited = time.perf_counter()
     if out is None:
-        out = torch.empty(query.shape[0], query.shape[1] // kvp, query.shape[2], dtype=query.dtype,
-                          device=query.device)
+        out = torch.empty(
+            query.shape[0], query.shape[1] // kvp, query.shape[2], dtype=query.dtype, device=query.device
+        )
     combine = functools.partial(dispatch.combine_packed, force=impl)
     if len(slices) == 1:
         finish_exchange(*pending[0], query.shape[-1], query.dtype, combine, out=out)
     else:
         bounds = md.query_start_loc.tolist()
         for (r0, r1), (recv, work) in zip(slices, pending):
-            finish_exchange(recv, work, query.shape[-1], query.dtype, combine, out=out[bounds[r0]:bounds[r1]])
+            finish_exchange(
+                recv, work, query.shape[-1], query.dtype, combine, out=out[bounds[r0] : bounds[r1]]
+            )
     rt.stats.exchange_seconds += exchange_seconds + time.perf_counter() - waited  # exposed exchange time
     rt.stats.exchanges += len(slices)
     return out

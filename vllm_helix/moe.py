@@ -37,11 +37,12 @@ logger = init_logger("vllm.helix.moe")  # under "vllm" so vLLM's log handlers sh
 __all__ = ["remap_topk_to_local", "install_cpu_expert_parallel"]
 
 
-def remap_topk_to_local(topk_ids: torch.Tensor, topk_weights: torch.Tensor,
-                        expert_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def remap_topk_to_local(
+    topk_ids: torch.Tensor, topk_weights: torch.Tensor, expert_map: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Global topk ids (T, k) + weights (T, k) → local ids (T, k) (same dtype) and weights with 0 for
     experts another rank owns. `expert_map` (E,) holds the local index of each global expert or −1."""
-    local = expert_map.to(topk_ids.device)[topk_ids.long()]                   # (T, k)
+    local = expert_map.to(topk_ids.device)[topk_ids.long()]  # (T, k)
     remote = local < 0
     weights = topk_weights.masked_fill(remote, 0)
     return local.clamp_min(0).to(topk_ids.dtype), weights
@@ -49,17 +50,44 @@ def remap_topk_to_local(topk_ids: torch.Tensor, topk_weights: torch.Tensor,
 
 def _wrap_apply(original):
     @functools.wraps(original)
-    def apply(self, output, hidden_states, w1, w2, topk_weights, topk_ids, activation, global_num_experts,
-              expert_map, *args, **kwargs):
+    def apply(
+        self,
+        output,
+        hidden_states,
+        w1,
+        w2,
+        topk_weights,
+        topk_ids,
+        activation,
+        global_num_experts,
+        expert_map,
+        *args,
+        **kwargs,
+    ):
         if expert_map is not None:
             topk_ids, topk_weights = remap_topk_to_local(topk_ids, topk_weights, expert_map)
             if not getattr(apply, "_logged", False):
                 apply._logged = True
-                logger.info("Helix: CPU expert parallelism — routing %d global experts to %d local ones through "
-                            "expert_map before cpu_fused_moe (vLLM's CPU path ignores expert_map)",
-                            global_num_experts, w1.shape[0])
-        return original(self, output, hidden_states, w1, w2, topk_weights, topk_ids, activation,
-                        global_num_experts, expert_map, *args, **kwargs)
+                logger.info(
+                    "Helix: CPU expert parallelism — routing %d global experts to %d local ones through "
+                    "expert_map before cpu_fused_moe (vLLM's CPU path ignores expert_map)",
+                    global_num_experts,
+                    w1.shape[0],
+                )
+        return original(
+            self,
+            output,
+            hidden_states,
+            w1,
+            w2,
+            topk_weights,
+            topk_ids,
+            activation,
+            global_num_experts,
+            expert_map,
+            *args,
+            **kwargs,
+        )
 
     apply.__helix_patched__ = True
     return apply
@@ -74,5 +102,7 @@ def install_cpu_expert_parallel() -> bool:
     if getattr(cls.apply, "__helix_patched__", False):
         return False
     cls.apply = _wrap_apply(cls.apply)
-    logger.info("Helix: installed expert_map-aware dispatch for CPUUnquantizedExperts (--enable-expert-parallel)")
+    logger.info(
+        "Helix: installed expert_map-aware dispatch for CPUUnquantizedExperts (--enable-expert-parallel)"
+    )
     return True

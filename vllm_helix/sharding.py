@@ -37,7 +37,9 @@ def local_slot(position: int, block_size: int, kvp: int) -> int:
 def local_lengths(seq_len: int, block_size: int, kvp: int) -> list[int]:
     """Tokens each KVP rank holds for a sequence of `seq_len` tokens."""
     full, rem = divmod(seq_len, block_size)
-    return [(full // kvp + (k < full % kvp)) * block_size + (rem if k == full % kvp else 0) for k in range(kvp)]
+    return [
+        (full // kvp + (k < full % kvp)) * block_size + (rem if k == full % kvp else 0) for k in range(kvp)
+    ]
 
 
 def local_lengths_tensor(seq_lens: torch.Tensor, block_size: int, kvp: int, kvp_rank: int) -> torch.Tensor:

@@ -14,17 +14,27 @@ from __future__ import annotations
 import torch
 
 
-def compute_slot_mapping(num_tokens: int, max_num_tokens: int, query_start_loc: torch.Tensor,
-                         positions: torch.Tensor, block_table: torch.Tensor, block_table_stride: int,
-                         slot_mapping: torch.Tensor, KV_CACHE_BLOCK_SIZE: int, TOTAL_CP_WORLD_SIZE: int = 1,
-                         TOTAL_CP_RANK: int = 0, CP_KV_CACHE_INTERLEAVE_SIZE: int = 1, PAD_ID: int = -1,
-                         BLOCK_SIZE: int = 1024) -> None:
+def compute_slot_mapping(
+    num_tokens: int,
+    max_num_tokens: int,
+    query_start_loc: torch.Tensor,
+    positions: torch.Tensor,
+    block_table: torch.Tensor,
+    block_table_stride: int,
+    slot_mapping: torch.Tensor,
+    KV_CACHE_BLOCK_SIZE: int,
+    TOTAL_CP_WORLD_SIZE: int = 1,
+    TOTAL_CP_RANK: int = 0,
+    CP_KV_CACHE_INTERLEAVE_SIZE: int = 1,
+    PAD_ID: int = -1,
+    BLOCK_SIZE: int = 1024,
+) -> None:
     """Fill `slot_mapping[:max_num_tokens]` (int64) in place; signature of vLLM's Triton kernel."""
     bs, cp, rank, inter = KV_CACHE_BLOCK_SIZE, TOTAL_CP_WORLD_SIZE, TOTAL_CP_RANK, CP_KV_CACHE_INTERLEAVE_SIZE
     qsl = query_start_loc.to(torch.int64)
-    counts = qsl[1:] - qsl[:-1]                                               # (num_reqs,)
+    counts = qsl[1:] - qsl[:-1]  # (num_reqs,)
     n = int(qsl[-1]) if qsl.numel() > 1 else 0
-    req = torch.repeat_interleave(torch.arange(counts.numel()), counts)      # (n,)
+    req = torch.repeat_interleave(torch.arange(counts.numel()), counts)  # (n,)
     pos = positions[:n].to(torch.int64)
     virtual = bs * cp
     vblock, offset = pos // virtual, pos % virtual

@@ -43,8 +43,11 @@ def _install_backend(vllm_config) -> None:
     mc, pc = vllm_config.model_config, vllm_config.parallel_config
     from vllm_helix.validation import attention_path_problem  # the pre-spawn check asks the same function
 
-    problem = attention_path_problem("cpu" if current_platform.is_cpu() else "cuda",
-                                     bool(getattr(mc, "use_mla", False)), tuple(mc.architectures or ()))
+    problem = attention_path_problem(
+        "cpu" if current_platform.is_cpu() else "cuda",
+        bool(getattr(mc, "use_mla", False)),
+        tuple(mc.architectures or ()),
+    )
     if problem:
         raise HelixConfigError(problem)
     if current_platform.is_cpu() and getattr(mc, "use_mla", False):
@@ -87,7 +90,9 @@ def weight_bytes_by_module(model: torch.nn.Module, dtype_bytes: int) -> dict[str
     buffers that are not parameters any more."""
     sizes = {}
     for name, module in model.named_modules():
-        rows, cols = (getattr(module, a, None) for a in ("output_size_per_partition", "input_size_per_partition"))
+        rows, cols = (
+            getattr(module, a, None) for a in ("output_size_per_partition", "input_size_per_partition")
+        )
         if rows is not None and cols is not None:
             sizes[name] = rows * cols * dtype_bytes
         else:
@@ -112,12 +117,15 @@ def _shm_exchange(rt, vllm_config):
         exchange = ShmGroup(rt.kvp_group, rt.grid.kvp_group(rt.tpa_rank), rt.kvp_rank, slot_bytes=slot)
     except (RuntimeError, OSError) as exc:
         if rt.config.exchange == "shm":
-            raise RuntimeError(f"helix.exchange=shm: the shared-memory exchange is unavailable ({exc}); use "
-                               '"auto" or "gloo"') from exc
+            raise RuntimeError(
+                f'helix.exchange=shm: the shared-memory exchange is unavailable ({exc}); use "auto" or "gloo"'
+            ) from exc
         logger.warning("Helix: shared-memory exchange unavailable (%s); the KVP exchange uses gloo", exc)
         return None
     if rt.rank == 0:
-        logger.info("Helix: KVP exchange over shared memory (%d MiB slots; HOP-B slices: gloo async)", slot >> 20)
+        logger.info(
+            "Helix: KVP exchange over shared memory (%d MiB slots; HOP-B slices: gloo async)", slot >> 20
+        )
     return exchange
 
 
@@ -166,12 +174,16 @@ def _shm_tp_all_reduce(rt, vllm_config) -> bool:
     try:
         shm = ShmGroup(tp.cpu_group, list(tp.ranks), tp.rank_in_group, slot_bytes=slot)
     except (RuntimeError, OSError) as exc:
-        logger.warning("Helix: shared-memory TP all-reduce unavailable (%s); vLLM's gloo all-reduce stays", exc)
+        logger.warning(
+            "Helix: shared-memory TP all-reduce unavailable (%s); vLLM's gloo all-reduce stays", exc
+        )
         return False
     communicator.dist_module = _SharedMemoryAllReduce(shm, lambda: get_runtime().stats)
     if rt.rank == 0:
-        logger.info("Helix: TP all-reduce over shared memory (vLLM's CPU build has none here; %d MiB slots)",
-                    slot >> 20)
+        logger.info(
+            "Helix: TP all-reduce over shared memory (vLLM's CPU build has none here; %d MiB slots)",
+            slot >> 20,
+        )
     return True
 
 
@@ -195,17 +207,30 @@ def _kv_elements_per_slot(model, kv_heads_per_rank: int) -> int:
 
 
 class Worker(_PlatformWorker):
-    def __init__(self, vllm_config, local_rank: int, rank: int, distributed_init_method: str,
-                 is_driver_worker: bool = False) -> None:
+    def __init__(
+        self,
+        vllm_config,
+        local_rank: int,
+        rank: int,
+        distributed_init_method: str,
+        is_driver_worker: bool = False,
+    ) -> None:
         super().__init__(vllm_config, local_rank, rank, distributed_init_method, is_driver_worker)
         pc, cc, mc = vllm_config.parallel_config, vllm_config.cache_config, vllm_config.model_config
         kv_heads = 1 if mc.use_mla else mc.get_total_num_kv_heads()  # MLA: one latent "head" [c | k_pe]
-        grid = HelixGrid(pc.tensor_parallel_size, pc.decode_context_parallel_size,
-                         mc.model_arch_config.total_num_attention_heads, kv_heads, cc.block_size)
+        grid = HelixGrid(
+            pc.tensor_parallel_size,
+            pc.decode_context_parallel_size,
+            mc.model_arch_config.total_num_attention_heads,
+            kv_heads,
+            cc.block_size,
+        )
         if grid.kvp > 1 and pc.cp_kv_cache_interleave_size == 1:
             pc.cp_kv_cache_interleave_size = cc.block_size  # Helix: round-robin by paged block
         config = HelixConfig.from_additional_config(vllm_config.additional_config)
-        set_runtime(HelixRuntime(grid=grid, rank=rank, config=config, interleave=pc.cp_kv_cache_interleave_size))
+        set_runtime(
+            HelixRuntime(grid=grid, rank=rank, config=config, interleave=pc.cp_kv_cache_interleave_size)
+        )
         self.helix_attention = grid.kvp > 1 or bool(mc.use_mla)
         if self.helix_attention:
             _install_backend(vllm_config)
@@ -218,8 +243,15 @@ class Worker(_PlatformWorker):
             # layout) is then exactly the Helix result, so the worker leaves attention and the model untouched.
             logger.info("Helix: KVP = 1 (-dcp 1): nothing to shard or exchange; using vLLM's own attention")
         if rank == 0:
-            logger.info("Helix active: N=%d = KVP %d x TPA %d, block %d, interleave %d, %s", grid.world_size,
-                        grid.kvp, grid.tpa, cc.block_size, pc.cp_kv_cache_interleave_size, config)
+            logger.info(
+                "Helix active: N=%d = KVP %d x TPA %d, block %d, interleave %d, %s",
+                grid.world_size,
+                grid.kvp,
+                grid.tpa,
+                cc.block_size,
+                pc.cp_kv_cache_interleave_size,
+                config,
+            )
         if self.helix_attention and not mc.use_mla and rank == 0:
             logger.info("Helix decode attention: %s", _decode_kernel(config))
 
@@ -234,8 +266,12 @@ class Worker(_PlatformWorker):
             raise RuntimeError(f"vLLM's DCP group {dcp.ranks} is not the Helix KVP group {expected}")
         rt.kvp_group = dcp.device_group
         rt.tpa_coordinator = ps.init_model_parallel_group(
-            rt.grid.tpa_groups(), self.local_rank, current_platform.dist_backend,
-            use_device_communicator=False, group_name="helix_tpa")
+            rt.grid.tpa_groups(),
+            self.local_rank,
+            current_platform.dist_backend,
+            use_device_communicator=False,
+            group_name="helix_tpa",
+        )
         if rt.grid.kvp > 1 and current_platform.is_cpu() and rt.config.exchange != "gloo":
             rt.kvp_exchange = _shm_exchange(rt, self.vllm_config)
             rt.shm_all_reduce = _shm_tp_all_reduce(rt, self.vllm_config)
@@ -250,21 +286,42 @@ class Worker(_PlatformWorker):
         kv_bytes = slots * _kv_elements_per_slot(model, rt.grid.kv_heads_per_tpa_rank) * dtype_bytes
         weights = weight_bytes_by_module(model, dtype_bytes)
         qkv_bytes = sum(b for name, b in weights.items() if name.endswith("qkv_proj"))
-        blocks = int(rt.slots_used.view(-1, rt.block_size).any(dim=1).sum()) if rt.slots_used is not None else 0
-        grid = {"world_size": rt.grid.world_size, "kvp": rt.grid.kvp, "tpa": rt.grid.tpa,
-                "attention": "helix" if self.helix_attention else "vllm",
-                "exchange": "none" if rt.grid.kvp == 1 else ("shm" if rt.kvp_exchange else "gloo"),
-                "tp_all_reduce": "shm" if rt.shm_all_reduce else "vllm",
-                "num_heads": rt.grid.num_heads, "num_kv_heads": rt.grid.num_kv_heads,
-                "block_size": rt.block_size or self.cache_config.block_size, "interleave": rt.interleave,
-                "hop_b": rt.config.hop_b, "kernels": rt.config.kernels, "rank_table": rt.grid.rank_table(),
-                "decode_kernel": _decode_kernel(rt.config) if self.helix_attention else "vllm"}
-        return {"grid": grid, "rank": rt.rank, "tpa_index": t, "kvp_index": k, "kv_tokens": slots, "kv_blocks": blocks,
-                "block_size": rt.block_size, "exchange_seconds": rt.stats.exchange_seconds,
-                "exchanges": rt.stats.exchanges, "attention_seconds": rt.stats.attention_seconds,
-                "all_reduce_seconds": rt.stats.all_reduce_seconds, "all_reduces": rt.stats.all_reduces,
-                "kv_bytes": kv_bytes, "qkv_weight_bytes": qkv_bytes,
-                "weight_bytes": sum(weights.values())}
+        blocks = (
+            int(rt.slots_used.view(-1, rt.block_size).any(dim=1).sum()) if rt.slots_used is not None else 0
+        )
+        grid = {
+            "world_size": rt.grid.world_size,
+            "kvp": rt.grid.kvp,
+            "tpa": rt.grid.tpa,
+            "attention": "helix" if self.helix_attention else "vllm",
+            "exchange": "none" if rt.grid.kvp == 1 else ("shm" if rt.kvp_exchange else "gloo"),
+            "tp_all_reduce": "shm" if rt.shm_all_reduce else "vllm",
+            "num_heads": rt.grid.num_heads,
+            "num_kv_heads": rt.grid.num_kv_heads,
+            "block_size": rt.block_size or self.cache_config.block_size,
+            "interleave": rt.interleave,
+            "hop_b": rt.config.hop_b,
+            "kernels": rt.config.kernels,
+            "rank_table": rt.grid.rank_table(),
+            "decode_kernel": _decode_kernel(rt.config) if self.helix_attention else "vllm",
+        }
+        return {
+            "grid": grid,
+            "rank": rt.rank,
+            "tpa_index": t,
+            "kvp_index": k,
+            "kv_tokens": slots,
+            "kv_blocks": blocks,
+            "block_size": rt.block_size,
+            "exchange_seconds": rt.stats.exchange_seconds,
+            "exchanges": rt.stats.exchanges,
+            "attention_seconds": rt.stats.attention_seconds,
+            "all_reduce_seconds": rt.stats.all_reduce_seconds,
+            "all_reduces": rt.stats.all_reduces,
+            "kv_bytes": kv_bytes,
+            "qkv_weight_bytes": qkv_bytes,
+            "weight_bytes": sum(weights.values()),
+        }
 
     def helix_reset_stats(self) -> None:
         get_runtime().reset_stats()

@@ -44,9 +44,19 @@ def main(cases: list[dict]) -> None:
             LLM(**case["llm"])
         except BaseException as e:  # noqa: BLE001 — report every outcome to the test
             error_type, message = type(e).__name__, str(e)
-        print("CASE " + json.dumps({"name": case["name"], "error_type": error_type, "message": message,
-                                    "seconds": round(time.monotonic() - t0, 2), "started": list(_STARTED)}),
-              flush=True)
+        print(
+            "CASE "
+            + json.dumps(
+                {
+                    "name": case["name"],
+                    "error_type": error_type,
+                    "message": message,
+                    "seconds": round(time.monotonic() - t0, 2),
+                    "started": list(_STARTED),
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

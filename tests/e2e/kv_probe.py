@@ -60,8 +60,8 @@ def measure_kv_caches(worker) -> dict:
         num_blocks, kv_heads, block_size, two_d = kv.shape
         elem = kv.element_size()
         layer_bytes += kv.numel() * elem
-        rows = kv.contiguous().view(2, num_blocks * block_size, kv_heads * two_d // 2)   # (K|V, slots, K_r·D)
-        written = (rows != 0).any(dim=2).any(dim=0)                                        # (slots,)
+        rows = kv.contiguous().view(2, num_blocks * block_size, kv_heads * two_d // 2)  # (K|V, slots, K_r·D)
+        written = (rows != 0).any(dim=2).any(dim=0)  # (slots,)
         slot_sets.append(written)
         written_bytes += int(written.sum()) * kv_heads * two_d * elem
         nonzero_bytes += int(torch.count_nonzero(rows)) * elem

@@ -30,8 +30,8 @@ from vllm_helix.sharding import local_lengths
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
-MLA_BLOCK = 16           # vLLM's CPU platform forces block_size 16 for MLA models
-LENGTHS = [5, 40, 100]   # shorter than, around and several times the block
+MLA_BLOCK = 16  # vLLM's CPU platform forces block_size 16 for MLA models
+LENGTHS = [5, 40, 100]  # shorter than, around and several times the block
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,9 @@ def deepseek_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_deepseek")
     return {
         "ds576": make_tiny_deepseek_v3(root / "ds576", seed=0),
-        "ds128": make_tiny_deepseek_v3(root / "ds128", kv_lora_rank=96, rope_dim=32, nope_dim=16, v_dim=24, seed=5),
+        "ds128": make_tiny_deepseek_v3(
+            root / "ds128", kv_lora_rank=96, rope_dim=32, nope_dim=16, v_dim=24, seed=5
+        ),
     }
 
 
@@ -49,7 +51,9 @@ def _mla_args(model, tp, dcp, **extra) -> dict:
     return args
 
 
-def _assert_latent_kv_sharded(status: list[dict], seq_lens: list[int], kvp: int, latent: int, layers: int) -> None:
+def _assert_latent_kv_sharded(
+    status: list[dict], seq_lens: list[int], kvp: int, latent: int, layers: int
+) -> None:
     """Each KVP rank holds exactly its round-robin-by-block share of every request's latent KV: the sum over
     requests of `local_lengths`, each share within one block of S_i / KVP; one latent "head" of `latent`
     (C + R) float32 elements per token and MLA layer."""
@@ -65,12 +69,18 @@ def _assert_latent_kv_sharded(status: list[dict], seq_lens: list[int], kvp: int,
         assert st["kv_bytes"] == st["kv_tokens"] * latent * 4 * layers
 
 
-@pytest.mark.parametrize("kvp", [2, 4])   # EP = 2 (four experts per rank), EP = 4 (two)
+@pytest.mark.parametrize("kvp", [2, 4])  # EP = 2 (four experts per rank), EP = 4 (two)
 def test_deepseek_v3_mla_moe_ep_matches_stock(deepseek_models, stock_tokens, kvp):
     model = deepseek_models["ds576"]
     prompts = prompt_ids(7, LENGTHS + [300])
-    result = run_engine({"llm": _mla_args(model, kvp, kvp, enable_expert_parallel=True), "prompts": prompts,
-                         "max_tokens": NEW_TOKENS, "status": True})
+    result = run_engine(
+        {
+            "llm": _mla_args(model, kvp, kvp, enable_expert_parallel=True),
+            "prompts": prompts,
+            "max_tokens": NEW_TOKENS,
+            "status": True,
+        }
+    )
     assert result["tokens"] == stock_tokens(model, prompts, block_size=MLA_BLOCK)
     # KV written per request = prompt + all generated tokens but the last
     _assert_latent_kv_sharded(result["status"], [len(p) + NEW_TOKENS - 1 for p in prompts], kvp, 512 + 64, 2)
@@ -80,11 +90,13 @@ def test_deepseek_v3_other_mla_dims(deepseek_models, stock_tokens):
     # the reference agrees with stock vLLM where stock runs: the 576 test's stock tokens (cached)
     prompts_576 = prompt_ids(7, LENGTHS + [300])
     assert hf_greedy_tokens(deepseek_models["ds576"], prompts_576, NEW_TOKENS) == stock_tokens(
-        deepseek_models["ds576"], prompts_576, block_size=MLA_BLOCK)
+        deepseek_models["ds576"], prompts_576, block_size=MLA_BLOCK
+    )
     model = deepseek_models["ds128"]
     prompts = prompt_ids(8, LENGTHS + [300])
-    result = run_engine({"llm": _mla_args(model, 2, 2), "prompts": prompts, "max_tokens": NEW_TOKENS,
-                         "status": True})
+    result = run_engine(
+        {"llm": _mla_args(model, 2, 2), "prompts": prompts, "max_tokens": NEW_TOKENS, "status": True}
+    )
     assert result["tokens"] == hf_greedy_tokens(model, prompts, NEW_TOKENS)
     assert all(len(t) == NEW_TOKENS for t in result["tokens"])
     _assert_latent_kv_sharded(result["status"], [len(p) + NEW_TOKENS - 1 for p in prompts], 2, 96 + 32, 2)

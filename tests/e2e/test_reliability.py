@@ -48,8 +48,23 @@ STARTUP_S = 420.0  # ~30 s on an idle 2-core runner; generous for runners shared
 BLOCKS_PER_RANK = 64  # --num-gpu-blocks-override
 KV_CAPACITY = (BLOCKS_PER_RANK - 1) * 32 * 2  # tokens: (blocks − vLLM's null block) × block size × KVP = 4032
 MAX_MODEL_LEN = 2048  # of the shared server: below its KV capacity
-SERVER_ARGS = ["--worker-cls", "vllm_helix.Worker", "-tp", "2", "-dcp", "2", "--dtype", "float32",
-               "--enforce-eager", "--block-size", "32", "--served-model-name", "tiny", "--max-num-seqs", "64"]
+SERVER_ARGS = [
+    "--worker-cls",
+    "vllm_helix.Worker",
+    "-tp",
+    "2",
+    "-dcp",
+    "2",
+    "--dtype",
+    "float32",
+    "--enforce-eager",
+    "--block-size",
+    "32",
+    "--served-model-name",
+    "tiny",
+    "--max-num-seqs",
+    "64",
+]
 
 
 def report(**figures) -> None:
@@ -66,8 +81,14 @@ def tiny_chat(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(tiny_chat):
     """Shared Helix server: API key on, KV capacity capped at 4032 tokens, max_model_len 2048 below it."""
-    args = SERVER_ARGS + ["--api-key", API_KEY, "--num-gpu-blocks-override", str(BLOCKS_PER_RANK),
-                          "--max-model-len", str(MAX_MODEL_LEN)]
+    args = SERVER_ARGS + [
+        "--api-key",
+        API_KEY,
+        "--num-gpu-blocks-override",
+        str(BLOCKS_PER_RANK),
+        "--max-model-len",
+        str(MAX_MODEL_LEN),
+    ]
     with tracked_server(tiny_chat, args, ranks=2, timeout=STARTUP_S) as handle:
         models = requests.get(f"{handle.base}/v1/models", headers=AUTH, timeout=30).json()
         handle.max_model_len = models["data"][0]["max_model_len"]
@@ -79,8 +100,16 @@ def server(tiny_chat):
 
 def _bodies(n: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
-    return [{"model": "tiny", "prompt": [rng.randrange(10, 40000) for _ in range(rng.randrange(3, 90))],
-             "max_tokens": NEW_TOKENS, "temperature": 0, "ignore_eos": True} for _ in range(n)]
+    return [
+        {
+            "model": "tiny",
+            "prompt": [rng.randrange(10, 40000) for _ in range(rng.randrange(3, 90))],
+            "max_tokens": NEW_TOKENS,
+            "temperature": 0,
+            "ignore_eos": True,
+        }
+        for _ in range(n)
+    ]
 
 
 def _check_same_as_alone(base: str, bodies: list[dict]) -> tuple[float, float]:
@@ -105,19 +134,34 @@ def _check_same_as_alone(base: str, bodies: list[dict]) -> tuple[float, float]:
 def test_64_concurrent_streams_equal_solo_runs(server):
     bodies = _bodies(64, seed=10)
     t_alone, t_together = _check_same_as_alone(server.base, bodies)
-    report(test="64 concurrent streams", requests=64, new_tokens=NEW_TOKENS, failures=0,
-           wall_s_concurrent=round(t_together, 2), wall_s_one_at_a_time=round(t_alone, 2))
+    report(
+        test="64 concurrent streams",
+        requests=64,
+        new_tokens=NEW_TOKENS,
+        failures=0,
+        wall_s_concurrent=round(t_together, 2),
+        wall_s_one_at_a_time=round(t_alone, 2),
+    )
     server.snapshot()
 
 
 BAD_REQUESTS = [  # (name, path, kwargs for requests.post, expected status range)
-    ("malformed JSON", "/v1/completions", {"data": b'{"model": "tiny", "prompt": [1, 2', "headers": {
-        "Content-Type": "application/json"}}),
+    (
+        "malformed JSON",
+        "/v1/completions",
+        {"data": b'{"model": "tiny", "prompt": [1, 2', "headers": {"Content-Type": "application/json"}},
+    ),
     ("not an object", "/v1/completions", {"json": [1, 2, 3]}),
-    ("max_tokens of the wrong type", "/v1/completions", {"json": {"model": "tiny", "prompt": "hi",
-                                                                  "max_tokens": "lots"}}),
-    ("temperature of the wrong type", "/v1/completions", {"json": {"model": "tiny", "prompt": "hi",
-                                                                   "temperature": {"hot": True}}}),
+    (
+        "max_tokens of the wrong type",
+        "/v1/completions",
+        {"json": {"model": "tiny", "prompt": "hi", "max_tokens": "lots"}},
+    ),
+    (
+        "temperature of the wrong type",
+        "/v1/completions",
+        {"json": {"model": "tiny", "prompt": "hi", "temperature": {"hot": True}}},
+    ),
     ("prompt of the wrong type", "/v1/completions", {"json": {"model": "tiny", "prompt": {"text": "hi"}}}),
     ("negative max_tokens", "/v1/completions", {"json": {"model": "tiny", "prompt": "hi", "max_tokens": -5}}),
     ("messages not a list", "/v1/chat/completions", {"json": {"model": "tiny", "messages": "hello"}}),
@@ -135,12 +179,21 @@ def test_bad_input_is_a_4xx_and_the_server_stays_up(server):
     }
     assert limit + 5 < KV_CAPACITY
     cases = list(BAD_REQUESTS) + [
-        ("prompt longer than max_model_len (its KV would fit)", "/v1/completions",
-         {"json": {"model": "tiny", "prompt": [100] * (limit + 5), "max_tokens": 2}}),
-        ("prompt longer than the model's 8192 positions", "/v1/completions",
-         {"json": {"model": "tiny", "prompt": [100] * 9000, "max_tokens": 2}}),
-        ("streamed prompt longer than max_model_len", "/v1/completions",
-         {"json": {"model": "tiny", "prompt": [100] * (limit + 5), "max_tokens": 2, "stream": True}}),
+        (
+            "prompt longer than max_model_len (its KV would fit)",
+            "/v1/completions",
+            {"json": {"model": "tiny", "prompt": [100] * (limit + 5), "max_tokens": 2}},
+        ),
+        (
+            "prompt longer than the model's 8192 positions",
+            "/v1/completions",
+            {"json": {"model": "tiny", "prompt": [100] * 9000, "max_tokens": 2}},
+        ),
+        (
+            "streamed prompt longer than max_model_len",
+            "/v1/completions",
+            {"json": {"model": "tiny", "prompt": [100] * (limit + 5), "max_tokens": 2, "stream": True}},
+        ),
     ]
     statuses = {}
     for name, path, kwargs in cases:
@@ -158,11 +211,17 @@ def test_bad_input_is_a_4xx_and_the_server_stays_up(server):
             assert f"contains {too_long[name]} input tokens" in message, f"{name}: {message}"
         assert requests.get(f"{base}/health", timeout=10).status_code == 200, f"server unhealthy after {name}"
     # prompt + max_tokens beyond max_model_len is not an error in vLLM 0.32: max_tokens is clamped to what fits
-    r = requests.post(f"{base}/v1/completions", headers=AUTH, timeout=60,
-                      json={"model": "tiny", "prompt": [100] * (limit - 4), "max_tokens": 50, "ignore_eos": True})
+    r = requests.post(
+        f"{base}/v1/completions",
+        headers=AUTH,
+        timeout=60,
+        json={"model": "tiny", "prompt": [100] * (limit - 4), "max_tokens": 50, "ignore_eos": True},
+    )
     assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] == "length", r.text[:300]
     report(test="bad input", max_model_len=limit, statuses=statuses)
-    t_alone, t_together = _check_same_as_alone(base, _bodies(8, seed=11))  # a load run afterwards still passes
+    t_alone, t_together = _check_same_as_alone(
+        base, _bodies(8, seed=11)
+    )  # a load run afterwards still passes
     report(test="load after bad input", requests=8, wall_s_concurrent=round(t_together, 2))
 
 
@@ -171,12 +230,17 @@ def test_api_key_is_enforced_with_the_helix_worker(server):
     body = {"model": "tiny", "prompt": "Hello", "max_tokens": 2, "temperature": 0}
     assert requests.post(f"{server.base}/v1/completions", json=body, timeout=30).status_code == 401
     wrong = {"Authorization": "Bearer not-the-key"}
-    assert requests.post(f"{server.base}/v1/completions", json=body, headers=wrong, timeout=30).status_code == 401
+    assert (
+        requests.post(f"{server.base}/v1/completions", json=body, headers=wrong, timeout=30).status_code
+        == 401
+    )
     assert requests.get(f"{server.base}/v1/models", timeout=30).status_code == 401
     r = requests.post(f"{server.base}/v1/completions", json=body, headers=AUTH, timeout=60)
     assert r.status_code == 200, r.text
     assert len(r.json()["choices"][0]["text"]) > 0
-    assert requests.get(f"{server.base}/health", timeout=10).status_code == 200  # health stays open, as in vLLM
+    assert (
+        requests.get(f"{server.base}/health", timeout=10).status_code == 200
+    )  # health stays open, as in vLLM
 
 
 def _preemptions(base: str) -> float:
@@ -184,8 +248,12 @@ def _preemptions(base: str) -> float:
     from prometheus_client.parser import text_string_to_metric_families
 
     text = requests.get(f"{base}/metrics", headers=AUTH, timeout=30).text
-    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
-               if s.name == "vllm:num_preemptions_total")
+    return sum(
+        s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == "vllm:num_preemptions_total"
+    )
 
 
 @pytest.mark.timeout(300)
@@ -197,8 +265,16 @@ def test_requests_beyond_kv_capacity_together_all_complete_as_alone(server):
     tokens it gets alone; only the wait is longer. `vllm:num_preemptions_total` rising shows the capacity was
     really exceeded."""
     rng = random.Random(12)
-    bodies = [{"model": "tiny", "prompt": [rng.randrange(10, 40000) for _ in range(1200)], "max_tokens": 200,
-               "temperature": 0, "ignore_eos": True} for _ in range(3)]
+    bodies = [
+        {
+            "model": "tiny",
+            "prompt": [rng.randrange(10, 40000) for _ in range(1200)],
+            "max_tokens": 200,
+            "temperature": 0,
+            "ignore_eos": True,
+        }
+        for _ in range(3)
+    ]
     assert sum(len(b["prompt"]) + b["max_tokens"] for b in bodies) > KV_CAPACITY
     assert all(len(b["prompt"]) + b["max_tokens"] <= MAX_MODEL_LEN for b in bodies)
     before = _preemptions(server.base)
@@ -206,14 +282,21 @@ def test_requests_beyond_kv_capacity_together_all_complete_as_alone(server):
     preempted = _preemptions(server.base) - before
     failures = [(i, r.error) for i, r in enumerate(together) if r.error is not None or not r.done]
     assert not failures, failures
-    assert preempted >= 1, "the three requests never ran out of KV blocks: the test did not exceed the capacity"
+    assert preempted >= 1, (
+        "the three requests never ran out of KV blocks: the test did not exceed the capacity"
+    )
     alone = [stream_completion(server.base, b, AUTH, read_timeout=240) for b in bodies]
     for i, (a, c) in enumerate(zip(alone, together)):
         assert a.error is None and a.done, (i, a.error)
         assert len(c.token_ids) == 200 and c.token_ids == a.token_ids, f"request {i}: preempted run != alone"
     assert requests.get(f"{server.base}/health", timeout=10).status_code == 200
-    report(test="beyond KV capacity together", requests=3, kv_capacity_tokens=KV_CAPACITY,
-           tokens_needed=sum(len(b["prompt"]) + b["max_tokens"] for b in bodies), preemptions=preempted)
+    report(
+        test="beyond KV capacity together",
+        requests=3,
+        kv_capacity_tokens=KV_CAPACITY,
+        tokens_needed=sum(len(b["prompt"]) + b["max_tokens"] for b in bodies),
+        preemptions=preempted,
+    )
 
 
 @pytest.mark.timeout(STARTUP_S + 120)
@@ -230,9 +313,20 @@ def test_max_model_len_beyond_kv_capacity_is_refused_at_startup(tiny_chat):
 
     port = free_port()
     env = {**os.environ, **cpu_env(2), "PYTHONPATH": str(REPO), "VLLM_PLUGINS": "helix,helix_status"}
-    cmd = [str(Path(sys.executable).with_name("vllm")), "serve", tiny_chat, "--host", "127.0.0.1", "--port",
-           str(port), *SERVER_ARGS, "--num-gpu-blocks-override", str(BLOCKS_PER_RANK),
-           "--max-model-len", str(KV_CAPACITY + 1)]
+    cmd = [
+        str(Path(sys.executable).with_name("vllm")),
+        "serve",
+        tiny_chat,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *SERVER_ARGS,
+        "--num-gpu-blocks-override",
+        str(BLOCKS_PER_RANK),
+        "--max-model-len",
+        str(KV_CAPACITY + 1),
+    ]
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -256,7 +350,9 @@ def test_max_model_len_beyond_kv_capacity_is_refused_at_startup(tiny_chat):
 
 @pytest.mark.timeout(600)
 def test_killed_rank_is_reported_within_30s_without_orphans(tiny_chat):
-    with tracked_server(tiny_chat, SERVER_ARGS + ["--max-model-len", "4096"], ranks=2, timeout=STARTUP_S) as srv:
+    with tracked_server(
+        tiny_chat, SERVER_ARGS + ["--max-model-len", "4096"], ranks=2, timeout=STARTUP_S
+    ) as srv:
         warm = stream_completion(srv.base, {"model": "tiny", "prompt": "Hello", "max_tokens": 4})
         assert warm.error is None, warm.error
         srv.snapshot()
@@ -266,10 +362,18 @@ def test_killed_rank_is_reported_within_30s_without_orphans(tiny_chat):
         box = {}
 
         def consume():
-            box["result"] = stream_completion(srv.base, {"model": "tiny", "prompt": "Once upon a time",
-                                                         "max_tokens": 3000, "ignore_eos": True, "temperature": 0},
-                                              read_timeout=60,
-                                              on_chunk=lambda r: r.chunks >= 5 and started.set())
+            box["result"] = stream_completion(
+                srv.base,
+                {
+                    "model": "tiny",
+                    "prompt": "Once upon a time",
+                    "max_tokens": 3000,
+                    "ignore_eos": True,
+                    "temperature": 0,
+                },
+                read_timeout=60,
+                on_chunk=lambda r: r.chunks >= 5 and started.set(),
+            )
 
         reader = threading.Thread(target=consume, daemon=True)
         reader.start()
@@ -295,8 +399,11 @@ def test_killed_rank_is_reported_within_30s_without_orphans(tiny_chat):
         assert t_unhealthy is not None and t_unhealthy - t_kill <= 30, "/health stayed 200 for 30 s"
         t_new = time.monotonic()
         try:
-            status = requests.post(f"{srv.base}/v1/completions", json={"model": "tiny", "prompt": "x",
-                                                                      "max_tokens": 2}, timeout=30).status_code
+            status = requests.post(
+                f"{srv.base}/v1/completions",
+                json={"model": "tiny", "prompt": "x", "max_tokens": 2},
+                timeout=30,
+            ).status_code
         except requests.RequestException as e:
             status = type(e).__name__
         t_new = time.monotonic() - t_new
@@ -314,11 +421,19 @@ def test_killed_rank_is_reported_within_30s_without_orphans(tiny_chat):
             time.sleep(0.25)
         orphans = [" ".join(p.cmdline())[:80] for p in group_processes(srv.proc.pid)]
         t_gone = time.monotonic() - t_term
-        report(test="rank killed mid-stream", stream_end_s=round(t_stream, 2),
-               health_non_200_s=round(t_unhealthy - t_kill, 2), new_request_status=status,
-               new_request_s=round(t_new, 2), server_exited_by_itself=exited_by_itself,
-               chunks_before_end=result.chunks, stream_error=(result.error or "")[:200],
-               shutdown_s=round(t_gone, 2), orphans=orphans, server_exit_code=srv.proc.returncode)
+        report(
+            test="rank killed mid-stream",
+            stream_end_s=round(t_stream, 2),
+            health_non_200_s=round(t_unhealthy - t_kill, 2),
+            new_request_status=status,
+            new_request_s=round(t_new, 2),
+            server_exited_by_itself=exited_by_itself,
+            chunks_before_end=result.chunks,
+            stream_error=(result.error or "")[:200],
+            shutdown_s=round(t_gone, 2),
+            orphans=orphans,
+            server_exit_code=srv.proc.returncode,
+        )
         assert srv.proc.poll() is not None, "the server did not exit within 30 s of SIGTERM"
         assert not orphans, f"orphan processes after the server exited: {orphans}"
     assert not srv.leftover_pids, srv.leftover_pids

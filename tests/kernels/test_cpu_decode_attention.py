@@ -18,7 +18,6 @@ import torch
 from vllm_helix.kernels import cpu_build, cpu_decode_attention
 
 
-
 @pytest.fixture(autouse=True)
 def _native_ops():
     """The README setup builds the ops: not having them is a failure, unless switched off on purpose."""
@@ -51,9 +50,9 @@ def reference(query, key_cache, value_cache, block_table, lens, scale):
         if n == 0:
             continue
         ids = block_table[s, : -(-n // block_size)].long()
-        k = key_cache[ids].flatten(0, 1)[:n].double().repeat_interleave(group, dim=1)   # (n, heads, D)
+        k = key_cache[ids].flatten(0, 1)[:n].double().repeat_interleave(group, dim=1)  # (n, heads, D)
         v = value_cache[ids].flatten(0, 1)[:n].double().repeat_interleave(group, dim=1)
-        scores = torch.einsum("hd,nhd->hn", query[s].double(), k) * scale            # (heads, n)
+        scores = torch.einsum("hd,nhd->hn", query[s].double(), k) * scale  # (heads, n)
         lse[s] = torch.logsumexp(scores, dim=-1)
         out[s] = torch.einsum("hn,nhd->hd", torch.softmax(scores, dim=-1), v)
     return out, lse
@@ -69,7 +68,7 @@ def make_case(num_seqs, heads, kv_heads, dim, block_size, lens, dtype, seed=0, f
     ids = torch.randperm(num_blocks, generator=gen) if fragmented else torch.arange(num_blocks - 1, -1, -1)
     table = ids[: num_seqs * per_seq].view(num_seqs, per_seq).to(torch.int32)
     qkv = torch.randn(num_seqs, heads + 2 * kv_heads, dim, generator=gen).to(dtype)
-    query = qkv[:, :heads]                           # strided, as vLLM's split of the fused QKV output
+    query = qkv[:, :heads]  # strided, as vLLM's split of the fused QKV output
     return query, kv[0], kv[1], table, torch.tensor(lens)
 
 
@@ -84,15 +83,18 @@ def check(out, lse, ref_out, ref_lse, dtype):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("heads,kv_heads,dim", [
-    (8, 1, 64),     # MQA, group 8 (the benchmark model)
-    (4, 4, 32),     # MHA, group 1
-    (6, 2, 128),    # group 3 (padded to 4)
-    (9, 3, 64),     # SmolLM2 at TPA 1: group 3
-    (16, 1, 64),    # group 16: two passes on 8 lanes, one on 16
-    (24, 2, 32),    # group 12
-    (4, 2, 128),    # group 2
-])
+@pytest.mark.parametrize(
+    "heads,kv_heads,dim",
+    [
+        (8, 1, 64),  # MQA, group 8 (the benchmark model)
+        (4, 4, 32),  # MHA, group 1
+        (6, 2, 128),  # group 3 (padded to 4)
+        (9, 3, 64),  # SmolLM2 at TPA 1: group 3
+        (16, 1, 64),  # group 16: two passes on 8 lanes, one on 16
+        (24, 2, 32),  # group 12
+        (4, 2, 128),  # group 2
+    ],
+)
 def test_matches_fp64_reference(isa, dtype, heads, kv_heads, dim):
     lens = [0, 1, 31, 32, 33, 250, 517]
     case = make_case(len(lens), heads, kv_heads, dim, 32, lens, dtype, seed=heads * dim)
@@ -140,17 +142,23 @@ def test_softmax_is_stable_for_large_scores():
     query = query * 40
     out, lse = cpu_decode_attention.partial_decode_attention(query, key_cache, value_cache, table, n, 1.0)
     ref_out, ref_lse = reference(query, key_cache, value_cache, table, n, 1.0)
-    assert ref_lse.abs().min() > 100                       # the regime this test is about
+    assert ref_lse.abs().min() > 100  # the regime this test is about
     assert (out.double() - ref_out).abs().max().item() <= 1e-5
-    assert ((lse.double() - ref_lse).abs() / ref_lse.abs()).max().item() <= 1e-6  # fp32 spacing at |LSE| ~ 1e3
+    assert (
+        (lse.double() - ref_lse).abs() / ref_lse.abs()
+    ).max().item() <= 1e-6  # fp32 spacing at |LSE| ~ 1e3
 
 
 def test_refuses_what_it_cannot_run():
     query, key_cache, value_cache, table, lens = make_case(1, 4, 1, 64, 16, [20], torch.float32)
     with pytest.raises(RuntimeError, match="share a dtype"):
-        cpu_decode_attention.partial_decode_attention(query.bfloat16(), key_cache, value_cache, table, lens, 0.1)
+        cpu_decode_attention.partial_decode_attention(
+            query.bfloat16(), key_cache, value_cache, table, lens, 0.1
+        )
     with pytest.raises(RuntimeError, match="isa must be"):
-        cpu_decode_attention.partial_decode_attention(query, key_cache, value_cache, table, lens, 0.1, isa="sse")
+        cpu_decode_attention.partial_decode_attention(
+            query, key_cache, value_cache, table, lens, 0.1, isa="sse"
+        )
     odd = torch.randn(1, 4, 24)
     assert not cpu_decode_attention.supports(odd, torch.randn(2, 16, 1, 24), torch.randn(2, 16, 1, 24))
     assert cpu_decode_attention.supports(query, key_cache, value_cache)

@@ -131,5 +131,7 @@ def test_torch_path_without_triton():
         """
     )
     env = {**os.environ, "VLLM_HELIX_NATIVE": "0"}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]

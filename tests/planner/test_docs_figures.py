@@ -38,7 +38,7 @@ def _table_after(marker: str) -> list[list[str]]:
     lines = DOC.read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if marker in line)
     rows = []
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if not line.startswith("|"):
             if rows:
                 break
@@ -89,7 +89,7 @@ def test_sensitivity_table_is_simulate_json(row):
 def test_sensitivity_table_header_names_models_in_order():
     lines = DOC.read_text().splitlines()
     i = next(i for i, line in enumerate(lines) if "pinned: simulate --paper --json FLAGS" in line)
-    header = next(line for line in lines[i + 1:] if line.startswith("|"))
+    header = next(line for line in lines[i + 1 :] if line.startswith("|"))
     assert [c.strip() for c in header.strip().strip("|").split("|")][1:3] == ["`deepseek-r1`", "`llama-405b`"]
 
 

@@ -54,8 +54,14 @@ class HelixMLAMetadataBuilder(MLACommonMetadataBuilder):
     """vLLM's MLA metadata builder (decode/prefill split, DCP-local sequence lengths), any head size."""
 
     def __init__(self, kv_cache_spec, layer_names, vllm_config, device, metadata_cls=None, **kwargs) -> None:
-        super().__init__(kv_cache_spec, layer_names, vllm_config, device,
-                         metadata_cls=metadata_cls or HelixMLAMetadata, **kwargs)
+        super().__init__(
+            kv_cache_spec,
+            layer_names,
+            vllm_config,
+            device,
+            metadata_cls=metadata_cls or HelixMLAMetadata,
+            **kwargs,
+        )
 
 
 class HelixMLABackend(CPUMLABackend):
@@ -87,9 +93,17 @@ class HelixMLABackend(CPUMLABackend):
         return HelixMLAMetadataBuilder
 
 
-def _helix_combine(partial_out: torch.Tensor, partial_lse: torch.Tensor, *, group, kvp: int, rt,
-                   seq_lens: torch.Tensor | None = None, query_start_loc: torch.Tensor | None = None,
-                   **_unused) -> torch.Tensor:
+def _helix_combine(
+    partial_out: torch.Tensor,
+    partial_lse: torch.Tensor,
+    *,
+    group,
+    kvp: int,
+    rt,
+    seq_lens: torch.Tensor | None = None,
+    query_start_loc: torch.Tensor | None = None,
+    **_unused,
+) -> torch.Tensor:
     """vLLM's `MLADCPManager.combine` signature: partials (B, H_g, C) + LSE (B, H_g) → exact (B, H_g/KVP, C).
 
     One all-to-all of packed (O, LSE) over the KVP group, then the exact LSE combine (`vllm_helix.exchange`).
@@ -115,13 +129,17 @@ class HelixMLAImpl(CPUMLAImpl):
         dcp_world_size, dcp_rank = self.dcp_world_size, self.dcp_rank  # set by AttentionImplBase.__new__
         super().__init__(*args, **kwargs)
         if self.kv_cache_dtype not in ("auto", "bfloat16", "float16", "float32"):
-            raise NotImplementedError("Helix MLA does not support a quantized KV cache yet; run without "
-                                      "--worker-cls vllm_helix.Worker")
+            raise NotImplementedError(
+                "Helix MLA does not support a quantized KV cache yet; run without "
+                "--worker-cls vllm_helix.Worker"
+            )
         # CPUMLAImpl pins DCP off (its kernel has no LSE); this impl supports it.
         self.dcp_world_size, self.dcp_rank = dcp_world_size, dcp_rank
         from vllm.config import get_current_vllm_config
 
-        self.cp_kv_cache_interleave_size = get_current_vllm_config().parallel_config.cp_kv_cache_interleave_size
+        self.cp_kv_cache_interleave_size = (
+            get_current_vllm_config().parallel_config.cp_kv_cache_interleave_size
+        )
         self._layer_key = f"mla@{id(self)}"
 
     def _install_combine(self, layer: AttentionLayer) -> None:
@@ -130,12 +148,18 @@ class HelixMLAImpl(CPUMLAImpl):
         if manager is None or getattr(manager, "helix_combine", False):
             return
         rt = get_runtime()
-        manager.combine = lambda out, lse, **kw: _helix_combine(out, lse, group=manager.group.device_group,
-                                                                kvp=manager.group.world_size, rt=rt, **kw)
+        manager.combine = lambda out, lse, **kw: _helix_combine(
+            out, lse, group=manager.group.device_group, kvp=manager.group.world_size, rt=rt, **kw
+        )
         manager.helix_combine = True
 
-    def forward_mqa(self, q: torch.Tensor | tuple[torch.Tensor, torch.Tensor], kv_c_and_k_pe_cache: torch.Tensor,
-                    attn_metadata, layer: AttentionLayer) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_mqa(
+        self,
+        q: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+        kv_c_and_k_pe_cache: torch.Tensor,
+        attn_metadata,
+        layer: AttentionLayer,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Absorbed decode over the local shard: q (B, H_g, C + R) or (q_nope (B, H_g, C), q_pe (B, H_g, R))
         → O (B, H_g, C), LSE (B, H_g) fp32, base e (−inf / 0 for an empty shard)."""
         decode = attn_metadata.decode
@@ -147,8 +171,14 @@ class HelixMLAImpl(CPUMLAImpl):
         started = time.perf_counter()
         force = get_runtime().config.kernels if has_runtime() else None
         out, lse = dispatch.mla_decode_attention(
-            q_nope, q_pe, kv_c_and_k_pe_cache, decode.block_table, decode.seq_lens,  # seq_lens: local under DCP
-            self.scale, force=force)
+            q_nope,
+            q_pe,
+            kv_c_and_k_pe_cache,
+            decode.block_table,
+            decode.seq_lens,  # seq_lens: local under DCP
+            self.scale,
+            force=force,
+        )
         if has_runtime():
             get_runtime().stats.attention_seconds += time.perf_counter() - started
             if self.dcp_world_size > 1:
@@ -157,8 +187,15 @@ class HelixMLAImpl(CPUMLAImpl):
             return out, None
         return out, lse
 
-    def do_kv_cache_update(self, kv_c_normed: torch.Tensor, k_pe: torch.Tensor, kv_cache: torch.Tensor,
-                           slot_mapping: torch.Tensor, kv_cache_dtype: str, k_scale: torch.Tensor) -> None:
+    def do_kv_cache_update(
+        self,
+        kv_c_normed: torch.Tensor,
+        k_pe: torch.Tensor,
+        kv_cache: torch.Tensor,
+        slot_mapping: torch.Tensor,
+        kv_cache_dtype: str,
+        k_scale: torch.Tensor,
+    ) -> None:
         """Write [c | k_pe] (tokens, C + R) of the tokens this rank owns (slot ≥ 0) into (blocks, bs, C + R)."""
         super().do_kv_cache_update(kv_c_normed, k_pe, kv_cache, slot_mapping, kv_cache_dtype, k_scale)
         if kv_cache.numel() == 0 or not has_runtime():

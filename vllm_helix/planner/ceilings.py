@@ -56,15 +56,18 @@ def gemm_rate(dtype: torch.dtype = torch.float32, threads: int = 1, n: int = 102
 def measure(data_bytes: list[int] | None = None, threads: int = 1, dram_bytes: int = 1 << 30) -> dict:
     """The ceilings in one dict: read GB/s at DRAM size and at each size in `data_bytes`, fp32 / bf16 GFLOP/s."""
     sizes = sorted({dram_bytes, *(data_bytes or [])})
-    return {"threads": threads,
-            "read_GBps": {str(s): round(read_bandwidth(s, threads) / 1e9, 2) for s in sizes},
-            "dram_bytes": dram_bytes,
-            "fp32_fma_GFLOPs": round(gemm_rate(torch.float32, threads) / 1e9, 1),
-            "bf16_GFLOPs": round(gemm_rate(torch.bfloat16, threads, n=512, reps=3) / 1e9, 1)}
+    return {
+        "threads": threads,
+        "read_GBps": {str(s): round(read_bandwidth(s, threads) / 1e9, 2) for s in sizes},
+        "dram_bytes": dram_bytes,
+        "fp32_fma_GFLOPs": round(gemm_rate(torch.float32, threads) / 1e9, 1),
+        "bf16_GFLOPs": round(gemm_rate(torch.bfloat16, threads, n=512, reps=3) / 1e9, 1),
+    }
 
 
-def decode_attention_cost(keys: int, heads: int, kv_heads: int, head_dim: int, dtype_bytes: int,
-                          batch: int = 1) -> tuple[int, int]:
+def decode_attention_cost(
+    keys: int, heads: int, kv_heads: int, head_dim: int, dtype_bytes: int, batch: int = 1
+) -> tuple[int, int]:
     """(KV bytes read, FLOP) of one decode attention call: every key and value row once, Q·K and P·V per head."""
     return (batch * keys * kv_heads * 2 * head_dim * dtype_bytes, batch * 4 * heads * keys * head_dim)
 
