@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """Long-context decode with real vLLM on the CPU: stock TP vs Helix, time per output token and tokens/s/user.
 
-Configurations (each one engine, kept alive across all its context lengths and batch sizes, run in its own child
-process that is killed by PID afterwards):
+Configurations (each one engine, kept alive across all its context lengths and batch sizes, run in its own
+child process that is killed by PID afterwards):
 
   stock_tp1        stock vLLM -tp 1 (one rank with both cores' threads)
   stock_tp2        stock vLLM -tp 2 (MQA: the single KV head is duplicated on both ranks)
@@ -14,12 +14,13 @@ Model: a random tiny MQA Llama (hidden 512, 4 layers, 8 query heads, 1 KV head, 
 attention over the KV cache dominates a decode step at long context. Prompts are random token ids.
 
 Timing: the engine is stepped by hand (`LLMEngine.add_request` + `step()`), with a timestamp after every step.
-A *pure decode step* is one in which every request of the batch already has its first token and none has finished;
-time per output token (TPOT) = median pure-decode step time. Prefill (time to the last first token) is reported
-apart. For Helix ranks the backend's counters give attention and exchange time over the decode phase and each
-rank's KV use after prefill (tokens, blocks). The roofline bound of the Helix attention per layer call is
-max(KV bytes / read bandwidth, FLOP / fp32 FMA rate), with the ceilings measured in the same run
-(`vllm_helix.planner.ceilings`: vectorised read of a buffer the size of a rank's KV over all layers, and of 1 GiB).
+A *pure decode step* is one in which every request of the batch already has its first token and none has
+finished; time per output token (TPOT) = median pure-decode step time. Prefill (time to the last first token)
+is reported apart. For Helix ranks the backend's counters give attention and exchange time over the decode
+phase and each rank's KV use after prefill (tokens, blocks). The roofline bound of the Helix attention per
+layer call is max(KV bytes / read bandwidth, FLOP / fp32 FMA rate), with the ceilings measured in the same run
+(`vllm_helix.planner.ceilings`: vectorised read of a buffer the size of a rank's KV over all layers, and of
+1 GiB).
 
 Prints ONE JSON line. Example:
   python benchmarks/bench_decode.py --contexts 4096,16384,65536 --batch8-max-context 16384
@@ -85,8 +86,8 @@ def _run_batch(
 
     rng = random.Random(hash((tag, ctx, batch)) & 0xFFFF)
     prompt_len = ctx - new_tokens
-    # requests that finish prefill early keep decoding while the others prefill: give them room so that a window
-    # of `new_tokens` steps with the whole batch decoding remains
+    # requests that finish prefill early keep decoding while the others prefill: give them room so that a
+    # window of `new_tokens` steps with the whole batch decoding remains
     extra = (batch - 1) * (-(-prompt_len // chunk) + 1) if batch > 1 else 0
     params = SamplingParams(temperature=0, max_tokens=new_tokens + extra, ignore_eos=True)
     if helix:
@@ -303,7 +304,8 @@ def summarize(results: dict, ceil: dict, dims: dict = MODEL) -> dict:
         if s3 and h3:
             entry["helix_kvp3_speedup"] = round(s3 / h3, 3)
         table.append(entry)
-    # roofline bound of the Helix attention per layer call, and per-rank KV, for Helix at batch 1 (first repetition)
+    # roofline bound of the Helix attention per layer call, and per-rank KV, for Helix at batch 1 (first
+    # repetition)
     bound, kv = [], []
     fma = ceil["fp32_fma_GFLOPs"] * 1e9
     for cfg in ("helix_tp2_dcp2", "helix_tp3_dcp3"):

@@ -3,16 +3,19 @@
 `vllm serve` of the same model at TP 1 (`serve-demo --stock`), one after the other on the same machine.
 
 Each server answers the README's chat question, streamed through the OpenAI API (bf16, greedy, `--max-tokens`
-tokens, EOS ignored so every run has the same length), `--reps` times after one warm-up. Per-token latency = the
-median gap between consecutive streamed chunks; time to first token apart.
+tokens, EOS ignored so every run has the same length), `--reps` times after one warm-up. Per-token latency =
+the median gap between consecutive streamed chunks; time to first token apart.
 
-Prints ONE JSON line.  python benchmarks/bench_demo.py [--reps 5] [--max-tokens 64] [--helix-args "--tp 3 --dcp 3"]
+Prints ONE JSON line.
+
+    python benchmarks/bench_demo.py [--reps 5] [--max-tokens 64] [--helix-args "--tp 3 --dcp 3"]
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import os
 import shlex
@@ -50,7 +53,7 @@ def stream_once(base: str, max_tokens: int) -> tuple[float, list[float], str]:
             if delta:
                 stamps.append(time.perf_counter())
                 text.append(delta)
-    return stamps[0] - t0, [b - a for a, b in zip(stamps, stamps[1:])], "".join(text)
+    return stamps[0] - t0, [b - a for a, b in itertools.pairwise(stamps)], "".join(text)
 
 
 def measure(args: list[str], reps: int, max_tokens: int) -> dict:

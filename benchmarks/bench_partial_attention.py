@@ -1,10 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The Helix CPU attention hot path (`paged_partial_attention`) now vs an earlier revision, one thread, side by side.
+"""The Helix CPU attention hot path (`paged_partial_attention`) now vs an earlier revision, one thread, side
+by side.
 
-The earlier revision is read with `git show REV:vllm_helix/partial_attention.py` (read-only) and imported from a
-temporary file; the two alternate within every repetition. Cases: decode (one query token per sequence) over a
-KVP-2 rank's local shard in the vLLM CPU cache layout, and one prefill chunk. MQA (8 query heads, 1 KV head),
-head_dim 64, block 128, bf16. Also times the bare CPU flash kernel on contiguous K/V (a floor for this path).
+The earlier revision is read with `git show REV:vllm_helix/partial_attention.py` (read-only) and imported from
+a temporary file; the two alternate within every repetition. Cases: decode (one query token per sequence) over
+a KVP-2 rank's local shard in the vLLM CPU cache layout, and one prefill chunk. MQA (8 query heads, 1 KV
+head), head_dim 64, block 128, bf16. Also times the bare CPU flash kernel on contiguous K/V (a floor for this
+path).
 
 Prints ONE JSON line. Example: python benchmarks/bench_partial_attention.py --before a88466e
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import importlib.util
 import json
 import os
@@ -81,9 +84,9 @@ def main() -> None:
         kk, vv = torch.randn(1, kvh, n_kv, dim).to(dtype), torch.randn(1, kvh, n_kv, dim).to(dtype)
         qq = q[:nq].view(nq, kvh, heads, dim).permute(1, 0, 2, 3).reshape(1, kvh, nq * heads, dim)
         fns = {
-            "before": lambda: before(*call_before),
-            "after": lambda: after(*call),
-            "flash_kernel_contiguous_floor": lambda: [
+            "before": functools.partial(before, *call_before),
+            "after": functools.partial(after, *call),
+            "flash_kernel_contiguous_floor": lambda qq=qq, kk=kk, vv=vv, batch=batch: [
                 sdpa(qq, kk, vv, scale=dim**-0.5) for _ in range(batch)
             ],
         }

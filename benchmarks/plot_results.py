@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """PNG plots for benchmarks/RESULTS.md from the JSON lines that bench_hop_b.py and bench_decode.py printed.
 
-python benchmarks/plot_results.py --hop-b benchmarks/results/hop_b.json --decode benchmarks/results/decode.json
+python benchmarks/plot_results.py --hop-b benchmarks/results/hop_b.json \
+    --decode benchmarks/results/decode.json
 """
 
 from __future__ import annotations

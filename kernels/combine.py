@@ -27,7 +27,7 @@ _TILE_ELEMS = 4096  # BLOCK_KVP · BLOCK_D per loaded tile, bounds registers per
 def _combine_kernel(
     PartialO,  # (KVP, T, H, D)
     PartialLse,  # (KVP, T, H) fp32
-    O,  # (T, H, D)
+    Out,  # (T, H, D)
     Lse,  # (T, H) fp32
     kvp,
     stride_pk,
@@ -69,7 +69,7 @@ def _combine_kernel(
         mask = mask_k[:, None] & mask_d[None, :]
         o = tl.load(base + offs_d[None, :], mask=mask, other=0.0)  # (BLOCK_KVP, BLOCK_D)
         out = tl.sum(w[:, None] * o.to(tl.float32), axis=0)
-        tl.store(O + tok * stride_ot + head * stride_oh + offs_d, out.to(O.dtype.element_ty), mask=mask_d)
+        tl.store(Out + tok * stride_ot + head * stride_oh + offs_d, out.to(Out.dtype.element_ty), mask=mask_d)
 
 
 def combine(

@@ -3,8 +3,8 @@
 
 The ops are compiled against the installed torch with `torch.utils.cpp_extension.load` (gcc + ninja), once per
 machine: the README's setup step (`vllm-helix setup-cpu`) builds them, later loads reuse the cached library
-(torch rebuilds it only when a source changes). Each ISA build (generic, AVX2, AVX-512) is compiled into the same
-library through `#pragma GCC target`, and the op picks the best one the CPU has at run time.
+(torch rebuilds it only when a source changes). Each ISA build (generic, AVX2, AVX-512) is compiled into the
+same library through `#pragma GCC target`, and the op picks the best one the CPU has at run time.
 
 If the build fails (no compiler, no ninja, …) the Helix backend falls back to the torch path: `status()` says
 why, the worker logs it once and `/helix/status` shows it.

@@ -6,7 +6,8 @@ the op writes into out (T, h, D), in place, with fp32 accumulation:
 
     M = max_i LSE_i,    O = Σ_i exp(LSE_i − M) · O_i / Σ_i exp(LSE_i − M)     (O = 0 when every LSE_i = −inf)
 
-`combine_packed_reference` is the torch path (`vllm_helix.exchange.combine_received`), the reference of the tests.
+`combine_packed_reference` is the torch path (`vllm_helix.exchange.combine_received`), the reference of the
+tests.
 """
 
 from __future__ import annotations

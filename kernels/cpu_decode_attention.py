@@ -5,15 +5,15 @@ For query head h of sequence s (one decode token) over the n = local_seq_lens[s]
 
     s_j = scale · q·k_j        LSE = log Σ_j exp(s_j)  (base e, fp32)        O = Σ_j exp(s_j − LSE) · v_j
 
-n = 0 gives LSE = −inf and O = 0 (an empty shard). The kernel (kernels/csrc/decode_attention.h) reads the Helix
-paged cache in place through the block table — any table: runs of blocks, a partial last block, fragmented ids
-— loads each K/V row once for all query heads of its GQA/MQA group, accumulates in fp32 with an online softmax,
-and runs AVX-512, AVX2 or portable code chosen at run time. Work is spread over the calling thread pool by
-(sequence × KV head × head pass); with fewer items than threads a sequence is cut into splits merged by the LSE
-rule (flash-decoding).
+n = 0 gives LSE = −inf and O = 0 (an empty shard). The kernel (kernels/csrc/decode_attention.h) reads the
+Helix paged cache in place through the block table — any table: runs of blocks, a partial last block,
+fragmented ids — loads each K/V row once for all query heads of its GQA/MQA group, accumulates in fp32 with an
+online softmax, and runs AVX-512, AVX2 or portable code chosen at run time. Work is spread over the calling
+thread pool by (sequence × KV head × head pass); with fewer items than threads a sequence is cut into splits
+merged by the LSE rule (flash-decoding).
 
-`partial_decode_attention_reference` is the torch path (`vllm_helix.partial_attention.paged_partial_attention`),
-the CPU fallback and the reference of the tests.
+`partial_decode_attention_reference` is the torch path
+(`vllm_helix.partial_attention.paged_partial_attention`), the CPU fallback and the reference of the tests.
 """
 
 from __future__ import annotations
@@ -78,9 +78,9 @@ def partial_decode_attention_packed(
     num_splits: int = 0,
     isa: str = "auto",
 ) -> torch.Tensor:
-    """The same attention written straight into the exchange's send layout: → (chunks, num_seqs, heads / chunks,
-    v_dim + e) in the query's dtype, rows [O | LSE as fp32 bits] — what `vllm_helix.exchange.pack_partials`
-    makes of (O, LSE), without the intermediate tensors."""
+    """The same attention written straight into the exchange's send layout: → (chunks, num_seqs, heads /
+    chunks, v_dim + e) in the query's dtype, rows [O | LSE as fp32 bits] — what
+    `vllm_helix.exchange.pack_partials` makes of (O, LSE), without the intermediate tensors."""
     reason = cpu_build.load()
     if reason is not None:
         raise RuntimeError(reason)

@@ -2,17 +2,19 @@
 """Collectives over shared memory between the ranks of one machine (`torch.ops.helix_cpu.shm_all_to_all`,
 `shm_all_reduce`; kernels/csrc/shm_collectives_op.cpp).
 
-`ShmGroup(group, …)` maps one region per process group (created by the group's first rank under /dev/shm, opened by
-the others, unlinked as soon as all have mapped it, so nothing is left behind even if a rank dies). Each call is one
-round, so every peer must issue the same collectives in the same order (true of a TP or KVP group):
+`ShmGroup(group, …)` maps one region per process group (created by the group's first rank under /dev/shm,
+opened by the others, unlinked as soon as all have mapped it, so nothing is left behind even if a rank dies).
+Each call is one round, so every peer must issue the same collectives in the same order (true of a TP or KVP
+group):
 
-- `all_to_all(send)` / calling the group: send (P, …) — chunk j for peer j — → recv (P, …), recv[r] = chunk `rank`
-  of peer r's send: the Helix KVP exchange (`vllm_helix.exchange`), one copy in and one copy out;
-- `all_reduce(x)`: x ← Σ over peers, in place, summed in peer order in fp32 (the same bits on every peer): the TP
-  group's all-reduce in the Helix worker where vLLM has no shared-memory one.
+- `all_to_all(send)` / calling the group: send (P, …) — chunk j for peer j — → recv (P, …), recv[r] = chunk
+  `rank` of peer r's send: the Helix KVP exchange (`vllm_helix.exchange`), one copy in and one copy out;
+- `all_reduce(x)`: x ← Σ over peers, in place, summed in peer order in fp32 (the same bits on every peer): the
+  TP group's all-reduce in the Helix worker where vLLM has no shared-memory one.
 
-Waiting is spin → yield → futex sleep. A message larger than a slot is not sent (None / False): the caller uses gloo.
-`all_to_all_reference` is the torch.distributed all-to-all with the same contract (the reference of the tests).
+Waiting is spin → yield → futex sleep. A message larger than a slot is not sent (None / False): the caller
+uses gloo. `all_to_all_reference` is the torch.distributed all-to-all with the same contract (the reference of
+the tests).
 """
 
 from __future__ import annotations
@@ -97,7 +99,8 @@ class ShmGroup:
     __call__ = all_to_all  # the `local_exchange` of vllm_helix.exchange.send_packed
 
     def all_reduce(self, x: torch.Tensor) -> bool:
-        """x ← Σ over peers, in place (contiguous fp32 / bf16). False, with x untouched, if it cannot go here."""
+        """x ← Σ over peers, in place (contiguous fp32 / bf16). False, with x untouched, if it cannot go
+        here."""
         if not (self.fits(x) and x.is_contiguous() and x.dtype in (torch.float32, torch.bfloat16)):
             return False
         self.seq += 1

@@ -10,8 +10,8 @@
 
 `force` (a call argument, the `helix.kernels` knob) wins over the environment variable. "auto" also falls back
 to torch when Triton is not importable. The native ops cover decode attention; the combine and MLA decode have
-no native op, so "native" runs their torch references. Kernel modules are imported lazily, so a CPU-only install
-without Triton works and tests can monkeypatch `_is_cuda` and the launchers.
+no native op, so "native" runs their torch references. Kernel modules are imported lazily, so a CPU-only
+install without Triton works and tests can monkeypatch `_is_cuda` and the launchers.
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ def _native_unavailable() -> str | None:
 def select_impl(device: torch.device | str, force: str | None = None) -> Impl:
     """Return "native", "triton" or "torch" for tensors on `device`.
 
-    `force` (else $VLLM_HELIX_KERNELS) is "auto", "native", "triton" or "torch"; see the module docstring's table.
+    `force` (else $VLLM_HELIX_KERNELS) is "auto", "native", "triton" or "torch"; see the module docstring's
+    table.
     """
     mode = (force if force is not None else os.environ.get(ENV_VAR, "auto")).strip().lower() or "auto"
     if mode not in _MODES:
@@ -132,8 +133,8 @@ def decode_attention_packed(
     *,
     force: str | None = None,
 ) -> torch.Tensor:
-    """Partial decode attention in the exchange's send layout (KVP, num_seqs, heads/KVP, v_dim + e): written there
-    directly by the native op, else computed and packed (`vllm_helix.exchange.pack_partials`)."""
+    """Partial decode attention in the exchange's send layout (KVP, num_seqs, heads/KVP, v_dim + e): written
+    there directly by the native op, else computed and packed (`vllm_helix.exchange.pack_partials`)."""
     from vllm_helix.kernels import cpu_decode_attention
 
     if select_impl(query.device, force) == "native" and cpu_decode_attention.supports(

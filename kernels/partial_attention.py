@@ -136,7 +136,7 @@ def _partial_decode_attention_kernel(
 def _split_reduce_kernel(
     MidO,  # (S, H, NUM_SPLITS, DV) fp32
     MidLse,  # (S, H, NUM_SPLITS) fp32
-    O,  # (S, H, DV)
+    Out,  # (S, H, DV)
     Lse,  # (S, H) fp32
     stride_mos,
     stride_moh,
@@ -171,7 +171,7 @@ def _split_reduce_kernel(
     nonempty = total > 0.0
     total_safe = tl.where(nonempty, total, 1.0)  # all splits empty: O = 0 (w = 0), LSE = −inf
     out = tl.sum(w[:, None] * o, axis=0) / total_safe
-    tl.store(O + seq * stride_os + head * stride_oh + offs_dv, out.to(O.dtype.element_ty), mask=mask_dv)
+    tl.store(Out + seq * stride_os + head * stride_oh + offs_dv, out.to(Out.dtype.element_ty), mask=mask_dv)
     tl.store(Lse + seq * stride_ls + head, tl.where(nonempty, m_safe + tl.log(total_safe), float("-inf")))
 
 

@@ -45,8 +45,8 @@ def _entry(rank: int, world_size: int, port: int, fn, args, errors) -> None:
 def spawn(world_size: int, fn, *args, timeout: float = 120.0) -> None:
     """Run `fn(rank, world_size, *args)` in `world_size` processes joined by a gloo group on 127.0.0.1.
 
-    `fn` must be a module-level function (it is pickled). Fails the test with every rank's traceback, and kills all
-    ranks if any is still running after `timeout` seconds.
+    `fn` must be a module-level function (it is pickled). Fails the test with every rank's traceback, and
+    kills all ranks if any is still running after `timeout` seconds.
     """
     ctx = mp.get_context("spawn")
     errors = ctx.SimpleQueue()

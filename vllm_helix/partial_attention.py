@@ -10,10 +10,11 @@ For a query q (one head) and the keys/values k_j, v_j a rank holds for its seque
 A rank that holds no (visible) key for q returns LSE_i = −inf and O_i = 0 — never NaN — so that the combine
 (`vllm_helix.combine.combine_partials`) gives it weight exp(−inf − LSE) = 0.
 
-Paged layout (the Helix backend's KV cache): `key_cache`/`value_cache` are (num_blocks, block_size, kv_heads, dim);
-a sequence's local block ``b`` (0, 1, 2, …) is ``block_table[seq, b]``. With KV-parallel size KVP and round-robin by
-block, local block b of KVP rank k holds global block ``b·KVP + k``, i.e. global token positions
-``(b·KVP + k)·block_size + [0, block_size)``. GQA: query head h reads KV head ``h // (heads / kv_heads)``.
+Paged layout (the Helix backend's KV cache): `key_cache`/`value_cache` are (num_blocks, block_size, kv_heads,
+dim); a sequence's local block ``b`` (0, 1, 2, …) is ``block_table[seq, b]``. With KV-parallel size KVP and
+round-robin by block, local block b of KVP rank k holds global block ``b·KVP + k``, i.e. global token
+positions ``(b·KVP + k)·block_size + [0, block_size)``. GQA: query head h reads KV head ``h // (heads /
+kv_heads)``.
 
 This module is also the CPU compute path of the Helix backend and the reference the Triton kernels are tested
 against, so it is vectorised over sequences of equal work rather than looping over tokens.
@@ -56,8 +57,9 @@ def gather_local_kv(cache: torch.Tensor, block_row: torch.Tensor, num_tokens: in
 def _dense(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, hidden: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Explicit fp32 attention. q (kv_heads, L, D), k (n, kv_heads, D), v (n, kv_heads, Dv); `hidden` (L, n) bool,
-    True where the key is masked. → O (kv_heads, L, Dv) fp32, LSE (kv_heads, L) fp32 (−inf, O = 0 if no key)."""
+    """Explicit fp32 attention. q (kv_heads, L, D), k (n, kv_heads, D), v (n, kv_heads, Dv); `hidden` (L, n)
+    bool, True where the key is masked. → O (kv_heads, L, Dv) fp32, LSE (kv_heads, L) fp32 (−inf, O = 0 if no
+    key)."""
     s = torch.matmul(q.float(), k.float().permute(1, 2, 0)) * scale  # (kv_heads, L, n)
     if hidden is not None:
         s = s.masked_fill(hidden[None], float("-inf"))
@@ -71,8 +73,8 @@ def _dense(
 
 
 def _merge(outs: list[torch.Tensor], lses: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact LSE merge of partial results over disjoint key sets. outs (P_i, kv_heads, L, Dv), lses (P_i, kv_heads,
-    L) → (kv_heads, L, Dv) fp32, (kv_heads, L) fp32."""
+    """Exact LSE merge of partial results over disjoint key sets. outs (P_i, kv_heads, L, Dv), lses (P_i,
+    kv_heads, L) → (kv_heads, L, Dv) fp32, (kv_heads, L) fp32."""
     if len(outs) == 1 and outs[0].shape[0] == 1:
         return outs[0][0].float(), lses[0][0]
     o = torch.cat(outs) if len(outs) > 1 else outs[0]
@@ -98,13 +100,13 @@ def _runs(ids: list[int]) -> list[tuple[int, int]]:
 def _visible_blocks(
     q3, key_cache, value_cache, ids, scale, outs, lses, last_tokens: int | None = None
 ) -> None:
-    """Attend q3 (kv_heads, L, D) to the blocks `ids` (table order) of the token-major caches (blocks, block_size,
-    kv_heads, D) with the CPU flash kernel, appending partial (O, LSE) to outs/lses; only the first `last_tokens`
-    of the last block count (all of it if None). Every query sees every key here, so block order is irrelevant:
-    ids are sorted, and each run of consecutive ids is one kernel call on the cache in place —
-    (tokens, kv_heads, D) is one strided view when the cache is contiguous, as the Helix backend stores it — the
-    partial block ending its run (the usual case) or, rarely, attended alone. A fragmented table (average run
-    < `_MIN_AVG_RUN` blocks) is gathered once instead."""
+    """Attend q3 (kv_heads, L, D) to the blocks `ids` (table order) of the token-major caches (blocks,
+    block_size, kv_heads, D) with the CPU flash kernel, appending partial (O, LSE) to outs/lses; only the
+    first `last_tokens` of the last block count (all of it if None). Every query sees every key here, so block
+    order is irrelevant: ids are sorted, and each run of consecutive ids is one kernel call on the cache in
+    place — (tokens, kv_heads, D) is one strided view when the cache is contiguous, as the Helix backend
+    stores it — the partial block ending its run (the usual case) or, rarely, attended alone. A fragmented
+    table (average run < `_MIN_AVG_RUN` blocks) is gathered once instead."""
     if not ids:
         return
     bs = key_cache.shape[1]
@@ -157,10 +159,11 @@ def _diagonal(
     qpos: torch.Tensor,
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keys on a prefill chunk's causal diagonal: the first `n` tokens of `blocks`, at global positions `kpos` (n,),
-    for the queries at `qpos` (nq,). q3 (kv_heads, nq·group, D) in the cache dtype. One masked flash-kernel call with
-    the query heads as heads (K/V broadcast over each KV head's group, the mask over heads) →
-    O (kv_heads, nq·group, D) fp32, LSE (kv_heads, nq·group) with −inf, O = 0 for queries that see none of them."""
+    """Keys on a prefill chunk's causal diagonal: the first `n` tokens of `blocks`, at global positions `kpos`
+    (n,), for the queries at `qpos` (nq,). q3 (kv_heads, nq·group, D) in the cache dtype. One masked
+    flash-kernel call with the query heads as heads (K/V broadcast over each KV head's group, the mask over
+    heads) → O (kv_heads, nq·group, D) fp32, LSE (kv_heads, nq·group) with −inf, O = 0 for queries that see
+    none of them."""
     kv_heads, rows, dim = q3.shape
     nq = qpos.shape[0]
     group = rows // nq
@@ -193,19 +196,20 @@ def paged_partial_attention(
     kvp_size: int = 1,
     interleave: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention of `query` over this rank's KV shard. Returns O (num_tokens, heads, v_dim) in the query's dtype
-    and LSE (num_tokens, heads) in float32, base e. Accumulation is in float32.
+    """Attention of `query` over this rank's KV shard. Returns O (num_tokens, heads, v_dim) in the query's
+    dtype and LSE (num_tokens, heads) in float32, base e. Accumulation is in float32.
 
     With `query_positions` given, key j is visible to query t iff global_pos(j) ≤ query_positions[t] (causal
-    prefill/chunked prefill over a sharded cache); without it every local key is visible (decode). `interleave` is
-    the round-robin unit in tokens (vLLM's `cp_kv_cache_interleave_size`; default: the cache block size).
+    prefill/chunked prefill over a sharded cache); without it every local key is visible (decode).
+    `interleave` is the round-robin unit in tokens (vLLM's `cp_kv_cache_interleave_size`; default: the cache
+    block size).
 
     CPU fast path: keys every query of a sequence sees (all of them in decode) go through
     `aten._scaled_dot_product_flash_attention_for_cpu`, reading the paged cache in place — one call per run of
-    consecutive blocks, (run·block_size, kv_heads, D) being one strided view of a contiguous token-major cache —
-    and the per-run (O, LSE) are merged exactly. The blocks on a prefill chunk's causal diagonal go through
-    the same kernel with a mask. Other devices, or a round-robin unit other than the block size, use the explicit
-    fp32 path throughout.
+    consecutive blocks, (run·block_size, kv_heads, D) being one strided view of a contiguous token-major cache
+    — and the per-run (O, LSE) are merged exactly. The blocks on a prefill chunk's causal diagonal go through
+    the same kernel with a mask. Other devices, or a round-robin unit other than the block size, use the
+    explicit fp32 path throughout.
     """
     num_tokens, heads, head_dim = query.shape
     num_blocks, block_size, kv_heads, v_dim = value_cache.shape

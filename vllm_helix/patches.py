@@ -1,25 +1,27 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The only patches of vLLM 0.32 that Helix needs — each a no-op unless `--worker-cls vllm_helix.Worker` is used.
+"""The only patches of vLLM 0.32 that Helix needs — each a no-op unless `--worker-cls vllm_helix.Worker` is
+used.
 
-Applied by the `vllm.general_plugins` entry point (`vllm_helix.plugin.register`) in every vLLM process (vLLM loads
-general plugins in `EngineArgs.__post_init__`, before any config is built), so they act in the API / engine-config
-process *before* any worker is spawned. Every check is `vllm_helix.validation.validate_setup`; the wrappers only copy
-vLLM's values into a `HelixSetup`:
+Applied by the `vllm.general_plugins` entry point (`vllm_helix.plugin.register`) in every vLLM process (vLLM
+loads general plugins in `EngineArgs.__post_init__`, before any config is built), so they act in the API /
+engine-config process *before* any worker is spawned. Every check is `vllm_helix.validation.validate_setup`;
+the wrappers only copy vLLM's values into a `HelixSetup`:
 
 1. `vllm.engine.arg_utils.EngineArgs.create_engine_config` — checks the raw arguments first (grid arithmetic,
-   PP / DP / PCP, KV cache dtype, block size and interleave as given, `--additional-config`), before vLLM's own
-   `ParallelConfig` validation, so `-tp 4 -dcp 3` gets Helix's message with what works.
+   PP / DP / PCP, KV cache dtype, block size and interleave as given, `--additional-config`), before vLLM's
+   own `ParallelConfig` validation, so `-tp 4 -dcp 3` gets Helix's message with what works.
 2. `vllm.config.vllm.VllmConfig.__post_init__` — checks the model (heads vs grid, architecture, MLA, sliding
-   window, soft-cap, ALiBi, quantization, runner, model impl) before vLLM's own checks, and after them the block
-   size the platform chose against the interleave.
+   window, soft-cap, ALiBi, quantization, runner, model impl) before vLLM's own checks, and after them the
+   block size the platform chose against the interleave.
 3. `vllm.config.model.ModelConfig.verify_with_parallel_config` — vLLM's DCP only allows `-dcp` ≤ TP / KV heads
    (its query all-gather design needs TPA ≥ K). Helix computes Q, K, V per TPA shard itself, so for the Helix
    worker the original runs with DCP hidden (every other check still runs) after Helix's grid check.
-4. `vllm.distributed.device_communicators.cpu_communicator._CPUSHMDistributed._init_cpu_shm` (CPU only, and only
-   in a Helix worker process): vLLM's CPU shared-memory all-reduce leaves its `/dev/shm/<ident>-tp:0-[...]-cpushm_<r>`
-   segments behind on every exit (graceful or a killed rank). Once every rank has joined (the original ends with a
-   barrier) the names are no longer needed — the mappings stay valid — so Helix unlinks them right away and nothing
-   is left in /dev/shm whatever way the server ends.
+4. `vllm.distributed.device_communicators.cpu_communicator._CPUSHMDistributed._init_cpu_shm` (CPU only, and
+   only in a Helix worker process): vLLM's CPU shared-memory all-reduce leaves its
+   `/dev/shm/<ident>-tp:0-[...]-cpushm_<r>`
+   segments behind on every exit (graceful or a killed rank). Once every rank has joined (the original ends
+   with a barrier) the names are no longer needed — the mappings stay valid — so Helix unlinks them right away
+   and nothing is left in /dev/shm whatever way the server ends.
 """
 
 from __future__ import annotations
@@ -65,8 +67,9 @@ def setup_from_engine_args(args) -> HelixSetup:
 
 
 def setup_from_vllm_config(config, *, final_block_size: bool) -> HelixSetup:
-    """What a built `VllmConfig` says. The block size counts once the user or the platform has fixed it: the CPU
-    platform does in `check_and_update_config` (inside `VllmConfig.__post_init__`); CUDA only in the workers."""
+    """What a built `VllmConfig` says. The block size counts once the user or the platform has fixed it: the
+    CPU platform does in `check_and_update_config` (inside `VllmConfig.__post_init__`); CUDA only in the
+    workers."""
     mc, pc, cc = config.model_config, config.parallel_config, config.cache_config
     text = mc.hf_text_config
     fixed = cc.user_specified_block_size or (final_block_size and _device() == "cpu")
@@ -96,7 +99,8 @@ def setup_from_vllm_config(config, *, final_block_size: bool) -> HelixSetup:
 
 
 def _with_model_heads(args, setup: HelixSetup) -> HelixSetup:
-    """`setup` plus the model's head counts when its config can be read (best effort: only to improve the hint)."""
+    """`setup` plus the model's head counts when its config can be read (best effort: only to improve the
+    hint)."""
     try:
         mc = args.create_model_config()
         return dataclasses.replace(

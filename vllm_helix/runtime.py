@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Per-process Helix state, set once by `vllm_helix.Worker` and read by the attention backend and model surgery."""
+"""Per-process Helix state, set once by `vllm_helix.Worker` and read by the attention backend and model
+surgery."""
 
 from __future__ import annotations
 

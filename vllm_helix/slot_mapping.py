@@ -1,12 +1,13 @@
 # SPDX-License-Identifier: Apache-2.0
 """Context-parallel slot mapping in torch: vLLM 0.32's CPU fallback for `ComputeSlotMappingKernel.kernel`
-(`vllm.utils.cpu_triton_utils._compute_slot_mapping_kernel_impl`) asserts "Context Parallelism is not supported on
-CPU". This is the same computation as the Triton kernel, vectorised, installed by the Helix worker in its own
-process only:
+(`vllm.utils.cpu_triton_utils._compute_slot_mapping_kernel_impl`) asserts "Context Parallelism is not
+supported on CPU". This is the same computation as the Triton kernel, vectorised, installed by the Helix
+worker in its own process only:
 
     V = block_size · CP                (the scheduler's virtual block)
     o = pos mod V,  owner = (o // I) mod CP          (I = cp_kv_cache_interleave_size)
-    slot = block_table[req, pos // V] · block_size + (o // (I·CP))·I + o mod I   on the owner, PAD_ID elsewhere
+    slot = block_table[req, pos // V] · block_size + (o // (I·CP))·I + o mod I    on the owner
+         = PAD_ID                                                                 elsewhere
 """
 
 from __future__ import annotations

@@ -1,35 +1,35 @@
 # SPDX-License-Identifier: Apache-2.0
 """Every configuration Helix cannot run, found before any worker starts (pure: no vLLM import).
 
-`vllm_helix.patches` copies the values that matter out of vLLM's `EngineArgs` / `VllmConfig` into a `HelixSetup`
-and calls `validate_setup` in the API / engine-config process, so a bad `vllm serve ... --worker-cls
-vllm_helix.Worker` or `LLM(..., worker_cls="vllm_helix.Worker")` fails in seconds with one `HelixConfigError`
-listing each problem, its values and a setting that works — never after the ranks have spawned, never a hang.
+`vllm_helix.patches` copies the values that matter out of vLLM's `EngineArgs` / `VllmConfig` into a
+`HelixSetup` and calls `validate_setup` in the API / engine-config process, so a bad `vllm serve ...
+--worker-cls vllm_helix.Worker` or `LLM(..., worker_cls="vllm_helix.Worker")` fails in seconds with one
+`HelixConfigError` listing each problem, its values and a setting that works — never after the ranks have
+spawned, never a hang.
 
 Kinds of problem (one line each in the error):
 
-| kind                    | refused                                            | what works                               |
-|-------------------------|----------------------------------------------------|------------------------------------------|
-| grid                    | -tp % -dcp, H % N, H % K, K % TPA, TPA % K         | the grids listed for the model           |
-| pipeline parallel       | --pipeline-parallel-size > 1                       | 1 (all ranks in -tp)                     |
-| data parallel           | --data-parallel-size > 1                           | 1 (one server per replica)               |
-| prefill context parallel| --prefill-context-parallel-size > 1                | 1 (-dcp shards the KV)                   |
-| architecture            | not in SUPPORTED_ / MLA_ARCHITECTURES              | stock vLLM (no --worker-cls)             |
-| sliding window          | a window in the model config                       | --disable-sliding-window                 |
-| soft-cap / ALiBi        | attention logit soft-capping, ALiBi slopes         | stock vLLM                               |
-| KV cache dtype          | fp8 & co.                                          | --kv-cache-dtype auto                    |
-| quantization            | quantized checkpoints / --quantization             | an unquantized checkpoint                |
-| runner / model impl     | --runner pooling, --model-impl transformers        | --runner generate, --model-impl auto     |
-| block size              | not a multiple of 32 on CPU (non-MLA)              | --block-size 32/64/128                   |
-| interleave              | cp_kv_cache_interleave_size not dividing the block | unset (= block size) or a divisor        |
-| --additional-config     | unknown helix keys, bad values or types            | the listed keys and values               |
-| kernels                 | helix.kernels "triton" on CPU, "native" on CUDA    | "auto" (or "torch")                      |
-| platform                | an MLA model on CUDA (no Helix MLA path there)     | vLLM's own DCP for MLA (no --worker-cls), |
-|                         |                                                    | or Helix on CPU                          |
+| kind                 | refused                                     | what works                           |
+|----------------------|---------------------------------------------|--------------------------------------|
+| grid                 | -tp % -dcp, H % N, H % K, K % TPA, TPA % K  | the grids listed for the model       |
+| pipeline parallel    | --pipeline-parallel-size > 1                | 1 (all ranks in -tp)                 |
+| data parallel        | --data-parallel-size > 1                    | 1 (one server per replica)           |
+| prefill context par. | --prefill-context-parallel-size > 1         | 1 (-dcp shards the KV)               |
+| architecture         | not in SUPPORTED_ / MLA_ARCHITECTURES       | stock vLLM (no --worker-cls)         |
+| sliding window       | a window in the model config                | --disable-sliding-window             |
+| soft-cap / ALiBi     | logit soft-capping, ALiBi slopes            | stock vLLM                           |
+| KV cache dtype       | fp8 & co.                                   | --kv-cache-dtype auto                |
+| quantization         | quantized checkpoints / --quantization      | an unquantized checkpoint            |
+| runner / model impl  | --runner pooling, --model-impl transformers | --runner generate, --model-impl auto |
+| block size           | not a multiple of 32 on CPU (non-MLA)       | --block-size 32/64/128               |
+| interleave           | cp_kv_cache_interleave_size ∤ block size    | unset (= block size), a divisor      |
+| --additional-config  | unknown helix keys, bad values or types     | the listed keys and values           |
+| kernels              | "triton" on CPU, "native" on CUDA           | "auto" (or "torch")                  |
+| platform             | an MLA model on CUDA                        | vLLM's DCP for MLA; Helix on CPU     |
 
-Which attention path the Helix worker installs is decided here too, purely (`helix_attention_path`): the worker
-asks the same function (`vllm_helix.worker._install_backend`), so what is refused before spawning is exactly what
-it could not run.
+Which attention path the Helix worker installs is decided here too, purely (`helix_attention_path`): the
+worker asks the same function (`vllm_helix.worker._install_backend`), so what is refused before spawning is
+exactly what it could not run.
 """
 
 from __future__ import annotations

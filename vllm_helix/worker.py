@@ -1,13 +1,16 @@
 # SPDX-License-Identifier: Apache-2.0
-"""`vllm_helix.Worker`: the platform's own vLLM 0.32 worker (CPUWorker on CPU, the GPU Worker on CUDA) plus Helix.
+"""`vllm_helix.Worker`: the platform's own vLLM 0.32 worker (CPUWorker on CPU, the GPU Worker on CUDA) plus
+Helix.
 
 Overrides two hooks and adds two RPC methods:
 - `__init__`: reads and validates the Helix config, sets block-granular round-robin placement
-  (`cp_kv_cache_interleave_size = block_size` unless the user chose another), installs the Helix attention backend,
-  the model re-sharding and (on CPU) the context-parallel slot mapping — all in this worker process only, and only
-  when there is KV to shard (KVP > 1) or the model is MLA; at KVP = 1 vLLM's own attention is the Helix result.
-- `init_device`: after vLLM's groups exist, reuses the DCP group (consecutive ranks) as the KVP group and builds the
-  TPA groups (equal kvp index) with `init_model_parallel_group`; on CPU also the shared-memory exchange over the KVP
+  (`cp_kv_cache_interleave_size = block_size` unless the user chose another), installs the Helix attention
+  backend, the model re-sharding and (on CPU) the context-parallel slot mapping — all in this worker process
+  only, and only when there is KV to shard (KVP > 1) or the model is MLA; at KVP = 1 vLLM's own attention is
+  the Helix result.
+- `init_device`: after vLLM's groups exist, reuses the DCP group (consecutive ranks) as the KVP group and
+  builds the TPA groups (equal kvp index) with `init_model_parallel_group`; on CPU also the shared-memory
+  exchange over the KVP
   ranks (`_shm_exchange`).
 - `helix_status()` / `helix_reset_stats()`: per-rank grid position, KV use and exchange time, for
   `collective_rpc` (tests, `/helix/status`, metrics).
@@ -52,7 +55,8 @@ def _install_backend(vllm_config) -> None:
         raise HelixConfigError(problem)
     if current_platform.is_cpu() and getattr(mc, "use_mla", False):
         # MLA (DeepSeek V2/V3): vLLM's own MLA + DCP flow with a CPU impl that returns the LSE, any dims
-        # (vllm_helix.attention.mla); replicated query projection over the KVP group instead of a q all-gather.
+        # (vllm_helix.attention.mla); replicated query projection over the KVP group instead of a q
+        # all-gather.
         register_backend(AttentionBackendEnum.CPU_MLA, "vllm_helix.attention.mla.HelixMLABackend")
         if pc.decode_context_parallel_size > 1 and not pc.dcp_q_replicate:
             pc.dcp_q_replicate = True
@@ -60,7 +64,8 @@ def _install_backend(vllm_config) -> None:
         if mc.is_moe and pc.enable_expert_parallel:
             from vllm_helix.moe import install_cpu_expert_parallel
 
-            install_cpu_expert_parallel()  # vLLM's CPU experts ignore expert_map (segfault); see vllm_helix.moe
+            # vLLM's CPU experts ignore expert_map (segfault); see vllm_helix.moe
+            install_cpu_expert_parallel()
     elif current_platform.is_cpu():
         register_backend(AttentionBackendEnum.CPU_ATTN, BACKEND_PATH)  # CPU ignores --attention-backend
     else:
@@ -103,9 +108,10 @@ def weight_bytes_by_module(model: torch.nn.Module, dtype_bytes: int) -> dict[str
 
 
 def _shm_exchange(rt, vllm_config):
-    """The native shared-memory all-to-all over this rank's KVP group (`vllm_helix.kernels.cpu_shm_collectives`), or
-    None (then gloo carries the exchange). Its slot holds one step's largest exchange: max_num_batched_tokens
-    tokens × this rank's heads × (head size + LSE), in fp32 at most; larger messages go over gloo."""
+    """The native shared-memory all-to-all over this rank's KVP group
+    (`vllm_helix.kernels.cpu_shm_collectives`), or None (then gloo carries the exchange). Its slot holds one
+    step's largest exchange: max_num_batched_tokens tokens × this rank's heads × (head size + LSE), in fp32 at
+    most; larger messages go over gloo."""
     from vllm_helix.kernels.cpu_shm_collectives import DEFAULT_SLOT_BYTES, ShmGroup
 
     mc = vllm_config.model_config
@@ -130,10 +136,10 @@ def _shm_exchange(rt, vllm_config):
 
 
 class _SharedMemoryAllReduce:
-    """Stands in for `torch.distributed` as vLLM 0.32's `CpuCommunicator.dist_module` of the Helix worker's TP group
-    (that attribute is where vLLM plugs its own shared-memory ops, `_CPUSHMDistributed`, when its build has them):
-    a synchronous sum all-reduce goes over Helix's shared memory (`ShmGroup.all_reduce`), everything else — and any
-    message that does not fit — to torch.distributed (gloo) unchanged."""
+    """Stands in for `torch.distributed` as vLLM 0.32's `CpuCommunicator.dist_module` of the Helix worker's TP
+    group (that attribute is where vLLM plugs its own shared-memory ops, `_CPUSHMDistributed`, when its build
+    has them): a synchronous sum all-reduce goes over Helix's shared memory (`ShmGroup.all_reduce`),
+    everything else — and any message that does not fit — to torch.distributed (gloo) unchanged."""
 
     def __init__(self, shm, stats) -> None:
         self._shm, self._stats = shm, stats
@@ -156,9 +162,9 @@ class _SharedMemoryAllReduce:
 
 
 def _shm_tp_all_reduce(rt, vllm_config) -> bool:
-    """On CPU, where vLLM's TP group all-reduce falls back to gloo (its build lacks the shared-memory ops, e.g. the
-    AVX2 build), route it over Helix's shared memory instead: two all-reduces per layer sit on every step's
-    critical path. Returns whether it was installed."""
+    """On CPU, where vLLM's TP group all-reduce falls back to gloo (its build lacks the shared-memory ops,
+    e.g. the AVX2 build), route it over Helix's shared memory instead: two all-reduces per layer sit on every
+    step's critical path. Returns whether it was installed."""
     import torch.distributed as dist
     from vllm.distributed import parallel_state as ps
 
@@ -239,8 +245,9 @@ class Worker(_PlatformWorker):
 
             register_helix_models(list(mc.architectures or []))
         elif rank == 0:
-            # KVP = 1 is plain TP = N: no KV to shard, nothing to exchange. vLLM's own attention (C++ kernel, its
-            # layout) is then exactly the Helix result, so the worker leaves attention and the model untouched.
+            # KVP = 1 is plain TP = N: no KV to shard, nothing to exchange. vLLM's own attention (C++ kernel,
+            # its layout) is then exactly the Helix result, so the worker leaves attention and the model
+            # untouched.
             logger.info("Helix: KVP = 1 (-dcp 1): nothing to shard or exchange; using vLLM's own attention")
         if rank == 0:
             logger.info(
@@ -327,7 +334,8 @@ class Worker(_PlatformWorker):
         get_runtime().reset_stats()
 
     def helix_configure(self, **changes) -> dict:
-        """Change Helix knobs at run time (e.g. `hop_b`), validated like --additional-config. Returns the config."""
+        """Change Helix knobs at run time (e.g. `hop_b`), validated like --additional-config. Returns the
+        config."""
         rt = get_runtime()
         rt.config = HelixConfig(**{**dataclasses.asdict(rt.config), **changes})
         return dataclasses.asdict(rt.config)

@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Tiny random checkpoints (no hub) that Helix must refuse before spawning: an unsupported architecture (GPT-2) and
-a supported one with sliding-window attention (Mistral). Idempotent; a few MB each."""
+"""Tiny random checkpoints (no hub) that Helix must refuse before spawning: an unsupported architecture
+(GPT-2) and a supported one with sliding-window attention (Mistral). Idempotent; a few MB each."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Fixtures for end-to-end tests: tiny checkpoints, the embedded model, and cached stock-vLLM reference outputs."""
+"""Fixtures for end-to-end tests: tiny checkpoints, the embedded model, and cached stock-vLLM reference
+outputs."""
 
 from __future__ import annotations
 

@@ -4,8 +4,9 @@ TCP sockets its process tree really listens on.
 
 `serve_demo(args, extra)` runs `python -m vllm_helix.cli serve-demo --port P ARGS -- EXTRA` in its own process
 group (serve-demo execs `vllm serve`, so the PID stays the server's), waits for /health, yields a
-`tests.e2e.proc_tools.ServerHandle`, and on teardown stops the group by PID and removes only the /dev/shm files
-the group's processes had mapped or open. No `--host` is passed: the bind address is serve-demo's own default.
+`tests.e2e.proc_tools.ServerHandle`, and on teardown stops the group by PID and removes only the /dev/shm
+files the group's processes had mapped or open. No `--host` is passed: the bind address is serve-demo's own
+default.
 """
 
 from __future__ import annotations

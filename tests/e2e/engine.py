@@ -1,11 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
 """Run a real vLLM engine in a child process (own process group, hard timeout, cleanup by PID).
 
-`run_engine(spec)` starts `python -m tests.e2e.engine` with a JSON spec, which builds `LLM(**spec["llm"])`, generates
-greedily for `spec["prompts"]` (token-id lists or strings), optionally collects `helix_status` from every worker, runs
-optional further `phases` on the same engine (each may first change Helix knobs via `helix_configure`; stats are
-reset before each), and prints one JSON line prefixed with RESULT. Keeping each engine in its own process keeps the test process clean and
-lets a stuck engine be killed as a whole.
+`run_engine(spec)` starts `python -m tests.e2e.engine` with a JSON spec, which builds `LLM(**spec["llm"])`,
+generates greedily for `spec["prompts"]` (token-id lists or strings), optionally collects `helix_status` from
+every worker, runs optional further `phases` on the same engine (each may first change Helix knobs via
+`helix_configure`; stats are reset before each), and prints one JSON line prefixed with RESULT. Keeping each
+engine in its own process keeps the test process clean and lets a stuck engine be killed as a whole.
 
 A phase may also name worker functions to run on every rank through `collective_rpc` just before
 (`"rpc_before"`) and just after (`"rpc_after"`) its generate call, as "module:function" strings (e.g.
@@ -83,11 +83,12 @@ def attention_impl_classes(worker) -> list[str]:
 
 
 def engine_state(worker) -> dict:
-    """Run inside a worker (collective_rpc, e.g. a phase's "rpc_after": "tests.e2e.engine:engine_state"): how this
-    rank's engine really runs — vLLM 0.32's `compilation_config.mode`/`backend` after the platform adjusted them
-    (CPU turns VLLM_COMPILE into DYNAMO_TRACE_ONCE + inductor), whether a `@support_torch_compile` module of the
-    model has run compiled (`.compiled`, set by vllm.compilation.decorators after the first compiled call),
-    the scheduler's token budget and prefix caching."""
+    """Run inside a worker (collective_rpc, e.g. a phase's "rpc_after": "tests.e2e.engine:engine_state"): how
+    this rank's engine really runs — vLLM 0.32's `compilation_config.mode`/`backend` after the platform
+    adjusted them (CPU turns VLLM_COMPILE into DYNAMO_TRACE_ONCE + inductor), whether a
+    `@support_torch_compile` module of the model has run compiled (`.compiled`, set by
+    vllm.compilation.decorators after the first compiled call), the scheduler's token budget and prefix
+    caching."""
     cfg = worker.vllm_config
     compiled = sorted(
         name
@@ -107,7 +108,8 @@ def engine_state(worker) -> dict:
 
 
 def _worker_fn(name: str):
-    """Import "module:function" (a function collective_rpc ships to the workers; they import it by reference)."""
+    """Import "module:function" (a function collective_rpc ships to the workers; they import it by
+    reference)."""
     import importlib
 
     module, _, attr = name.partition(":")
@@ -120,7 +122,8 @@ def _run_rpcs(llm, names: list[str], into: dict) -> None:
 
 
 def _logprobs(outputs: list, key: str) -> dict:
-    """{key: per request, per generated token, [[token_id, logprob], ...] best first}, or {} if not sampled."""
+    """{key: per request, per generated token, [[token_id, logprob], ...] best first}, or {} if not
+    sampled."""
     if not outputs or outputs[0].outputs[0].logprobs is None:
         return {}
     return {

@@ -47,7 +47,7 @@ def openai_logprobs(logprobs: list[dict] | dict) -> tuple[list[int], list[Step]]
 def first_divergence(tokens_a: list[int], tokens_b: list[int]) -> int | None:
     """The first index where both sequences have a token and the tokens differ; None if one is a prefix of
     the other (equal included)."""
-    for i, (a, b) in enumerate(zip(tokens_a, tokens_b)):
+    for i, (a, b) in enumerate(zip(tokens_a, tokens_b, strict=False)):
         if a != b:
             return i
     return None

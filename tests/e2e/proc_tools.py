@@ -1,10 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
 """Process-group and shared-memory bookkeeping for the reliability tests (by PID / process group only).
 
-`tracked_server(...)` is `vllm serve` on 127.0.0.1 in its own process group, like `tests.e2e.server.vllm_server`,
-but it attributes /dev/shm files to the server: it records the files the group's processes have mapped or open
-(`snapshot()`), and on teardown reports what the group left behind (`leftover_shm`, `leftover_pids`) before removing
-exactly those — never files of other programs that happen to be created meanwhile.
+`tracked_server(...)` is `vllm serve` on 127.0.0.1 in its own process group, like
+`tests.e2e.server.vllm_server`, but it attributes /dev/shm files to the server: it records the files the
+group's processes have mapped or open (`snapshot()`), and on teardown reports what the group left behind
+(`leftover_shm`, `leftover_pids`) before removing exactly those — never files of other programs that happen to
+be created meanwhile.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Start `vllm serve` on 127.0.0.1 for a test, wait for /health, and clean up by PID (process group + shm files)."""
+"""Start `vllm serve` on 127.0.0.1 for a test, wait for /health, and clean up by PID (process group + shm
+files)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """Invalid Helix configurations fail in seconds, before any worker starts, through the real entry points:
 offline `LLM(...)` (in a child process that refuses to start any process — `tests.e2e.config_child`) and
-`vllm serve`. Also: `-dcp` > 1 *without* the Helix worker on CPU gets vLLM's own error (unchanged) and does not hang.
+`vllm serve`. Also: `-dcp` > 1 *without* the Helix worker on CPU gets vLLM's own error (unchanged) and does
+not hang.
 """
 
 from __future__ import annotations
@@ -157,7 +158,8 @@ def _cases(m: dict) -> list[tuple[str, dict, list[str], float]]:
             "stock DCP beyond TP/K",
             _llm(smol, 3, 3, helix=False),
             [
-                "Decode context parallelism for GQA/MQA requires `--tensor-parallel-size` (3) to be greater than"
+                "Decode context parallelism for GQA/MQA requires `--tensor-parallel-size` (3) "
+                "to be greater than"
             ],
             FAST_S,
         ),
@@ -177,7 +179,8 @@ def _env(ranks: int) -> dict:
 
 
 def _run(cmd: list[str], ranks: int, timeout: float) -> tuple[int | str, str, float, list[str]]:
-    """Run `cmd` in its own process group; (exit code or "timeout", output, seconds, processes left in the group)."""
+    """Run `cmd` in its own process group; (exit code or "timeout", output, seconds, processes left in the
+    group)."""
     t0 = time.monotonic()
     proc = subprocess.Popen(
         cmd,
@@ -302,8 +305,9 @@ def test_vllm_serve_exits_with_the_message(models, name, args, fragments):
 
 @pytest.mark.timeout(400)
 def test_stock_dcp_without_the_helix_worker_fails_with_vllms_error_and_does_not_hang(models):
-    """Stock vLLM 0.32 on CPU, `-tp 2 -dcp 2` without `--worker-cls`: Helix changes nothing; vLLM's own worker-side
-    error ("... requires attention implementations to return the softmax LSE ...") ends the run, no hang."""
+    """Stock vLLM 0.32 on CPU, `-tp 2 -dcp 2` without `--worker-cls`: Helix changes nothing; vLLM's own
+    worker-side error ("... requires attention implementations to return the softmax LSE ...") ends the run,
+    no hang."""
     spec = {"llm": _llm(models["mqa"], helix=False, block_size=32), "prompts": [[1, 2, 3]], "max_tokens": 2}
     code, out, seconds, left = _run([sys.executable, "-m", "tests.e2e.engine", json.dumps(spec)], 2, 300)
     assert code not in (0, "timeout"), f"exit {code}\n{out[-3000:]}"

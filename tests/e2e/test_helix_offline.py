@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Offline `LLM(..., worker_cls="vllm_helix.Worker")`: greedy tokens identical to stock vLLM TP=1 (float32), with
-HOP-B on and off on the same engine, and each rank's KV share read back from the workers."""
+"""Offline `LLM(..., worker_cls="vllm_helix.Worker")`: greedy tokens identical to stock vLLM TP=1 (float32),
+with HOP-B on and off on the same engine, and each rank's KV share read back from the workers."""
 
 import pytest
 
@@ -22,8 +22,8 @@ def assert_kv_sharded(status: list[dict], total_tokens: int, kvp: int, tpa: int,
 
 
 def run_helix_vs_stock(model, tp, dcp, stock_tokens, seed, first_hop_b, exchange="auto", **extra):
-    """One Helix engine: batch (HOP-B `first_hop_b`), batch again with HOP-B flipped, then one long prompt alone.
-    `exchange`: the unsliced exchange's transport ("auto" = vLLM's CPU shared memory here)."""
+    """One Helix engine: batch (HOP-B `first_hop_b`), batch again with HOP-B flipped, then one long prompt
+    alone. `exchange`: the unsliced exchange's transport ("auto" = vLLM's CPU shared memory here)."""
     prompts = prompt_ids(seed, PROMPT_LENGTHS)
     long_prompt = prompt_ids(seed + 1, [777])[0]
     flipped = (not first_hop_b) if isinstance(first_hop_b, bool) else False
@@ -68,8 +68,8 @@ def test_greedy_tokens_match_stock(tiny_models, stock_tokens, model, tp, dcp, ho
 
 
 def test_kvp1_leaves_attention_to_vllm(tiny_models, stock_tokens):
-    """`-dcp 1` is plain TP = N: the Helix worker installs nothing in attention (vLLM's own backend and model);
-    tokens equal stock TP = 1 and `helix_status` says which attention ran."""
+    """`-dcp 1` is plain TP = N: the Helix worker installs nothing in attention (vLLM's own backend and
+    model); tokens equal stock TP = 1 and `helix_status` says which attention ran."""
     model = tiny_models["gqa2"]
     prompts = prompt_ids(31, PROMPT_LENGTHS)
     result = run_engine(

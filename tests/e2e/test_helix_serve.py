@@ -1,10 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The README's serve path, `vllm-helix serve-demo` (embedded SmolLM2, here its own 9 heads at Helix KVP 3 × TPA 1;
-the default 2-rank grid on the 12-head padding is test_user_config.py's), in float32 with 32-token blocks: the sockets it binds, /helix/status and /metrics values, then completions, streaming and chat,
-all identical to stock offline vLLM TP = 1 (float32, greedy).
+"""The README's serve path, `vllm-helix serve-demo` (embedded SmolLM2, here its own 9 heads at Helix KVP 3 ×
+TPA 1; the default 2-rank grid on the 12-head padding is test_user_config.py's), in float32 with 32-token
+blocks: the sockets it binds, /helix/status and /metrics values, then completions, streaming and chat, all
+identical to stock offline vLLM TP = 1 (float32, greedy).
 
-One server for every check. The order matters: /helix/status is read before any request (no KV written) and after
-exactly one request, whose written KV per rank the round-robin placement predicts exactly
+One server for every check. The order matters: /helix/status is read before any request (no KV written) and
+after exactly one request, whose written KV per rank the round-robin placement predicts exactly
 (`vllm_helix.sharding.local_lengths`); the status counters count slots written over the server's lifetime, so
 later requests would blur that.
 """
@@ -63,7 +64,8 @@ def _helix_gauges(metrics_text: str) -> dict[tuple[str, str], float]:
 
 
 def assert_status_matches_grid(status: dict, model_dir: str) -> None:
-    """/helix/status's grid and rank table are the ones `HelixGrid` derives for SmolLM2 (9 heads, 3 KV heads)."""
+    """/helix/status's grid and rank table are the ones `HelixGrid` derives for SmolLM2 (9 heads, 3 KV
+    heads)."""
     cfg = json.loads((Path(model_dir) / "config.json").read_text())
     heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     grid = HelixGrid(KVP * TPA, KVP, heads, kv_heads, BLOCK)
@@ -120,8 +122,9 @@ def test_serve_demo_smollm2(smollm2):
     ) as srv:
         base = srv.base
 
-        # 1. sockets: every listening TCP socket of the server's process tree (API server, engine core, workers
-        #    and their gloo/torch.distributed sockets) is bound to loopback, and the API port is one of them
+        # 1. sockets: every listening TCP socket of the server's process tree (API server, engine core,
+        #    workers and their gloo/torch.distributed sockets) is bound to loopback, and the API port is one
+        #    of them
         sockets = listening_tcp_sockets(srv.proc.pid)
         assert (srv.proc.pid, "127.0.0.1", srv.port) in {(pid, ip, port) for pid, _, ip, port in sockets}, (
             sockets
@@ -156,7 +159,7 @@ def test_serve_demo_smollm2(smollm2):
         assert_gauges_equal_status(base, status)
 
         # 4. completions and streams, every prompt: text equal to stock TP = 1
-        for prompt, expected_text in zip(PROMPTS, stock["texts"]):
+        for prompt, expected_text in zip(PROMPTS, stock["texts"], strict=True):
             body = {
                 "model": "smollm2",
                 "prompt": prompt,

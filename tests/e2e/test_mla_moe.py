@@ -3,9 +3,10 @@
 
 One Helix engine per case plus the stock reference, each shared by its assertions:
 
-- 576 case (kv_lora_rank 512 + rope 64, the only width vLLM's stock CPU_MLA kernel runs): greedy tokens of Helix
-  `-tp 2 -dcp 2 --enable-expert-parallel` (latent KV sharded over 2 KVP ranks, MoE as EP = 2) are identical to
-  stock vLLM TP = 1 (CPU_MLA), and each rank's latent KV for one long request is within one block of S / KVP.
+- 576 case (kv_lora_rank 512 + rope 64, the only width vLLM's stock CPU_MLA kernel runs): greedy tokens of
+  Helix `-tp 2 -dcp 2 --enable-expert-parallel` (latent KV sharded over 2 KVP ranks, MoE as EP = 2) are
+  identical to stock vLLM TP = 1 (CPU_MLA), and each rank's latent KV for one long request is within one
+  block of S / KVP.
 - other dims (kv_lora_rank 96 + rope 32, v_head_dim 24): stock vLLM cannot generate with them on CPU
   (CPU_MLA's decode kernel, csrc/cpu/mla_decode.cpp, exists for C + R = 576 only), so the reference is
   Hugging Face transformers' own DeepseekV3 implementation of the same checkpoint (greedy, fp32;
@@ -16,9 +17,9 @@ One Helix engine per case plus the stock reference, each shared by its assertion
 - `-tp 4 -dcp 4 --enable-expert-parallel` (KVP = 4, EP = 4: two experts per rank) on the 576 model: identical
   to the same stock reference (≈ 60 s: four ranks on two cores).
 
-The tiny models use DeepSeek-V3's YaRN RoPE. With plain RoPE, vLLM 0.32's CPU `_C.rotary_embedding` mis-rotates
-MLA's 3-D query, so stock vLLM's tokens depended on how the scheduler batched the prompts (one 445-token prefill or
-5 + 440) — that, not Helix, made these tests intermittent in session 1 (docs/limits.md).
+The tiny models use DeepSeek-V3's YaRN RoPE. With plain RoPE, vLLM 0.32's CPU `_C.rotary_embedding`
+mis-rotates MLA's 3-D query, so stock vLLM's tokens depended on how the scheduler batched the prompts (one
+445-token prefill or 5 + 440) — that, not Helix, made these tests intermittent in session 1 (docs/limits.md).
 """
 
 import pytest
@@ -59,7 +60,7 @@ def _assert_latent_kv_sharded(
     (C + R) float32 elements per token and MLA layer."""
     assert len(status) == kvp
     shares = [local_lengths(n, MLA_BLOCK, kvp) for n in seq_lens]
-    for share, n in zip(shares, seq_lens):
+    for share, n in zip(shares, seq_lens, strict=True):
         assert all(abs(x - n / kvp) <= MLA_BLOCK for x in share)
     for st in status:
         assert st["block_size"] == MLA_BLOCK and st["grid"]["interleave"] == MLA_BLOCK

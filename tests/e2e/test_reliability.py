@@ -1,20 +1,22 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Reliability of `vllm serve --worker-cls vllm_helix.Worker` (issue 10): a rank killed mid-stream, 64 concurrent
-streams, bad input, prompts beyond max-model-len and beyond the KV capacity (each on its own), `--api-key`.
-(Loopback binding is checked on the sockets `vllm-helix serve-demo` really opens, in test_helix_serve.py.)
+"""Reliability of `vllm serve --worker-cls vllm_helix.Worker` (issue 10): a rank killed mid-stream, 64
+concurrent streams, bad input, prompts beyond max-model-len and beyond the KV capacity (each on its own),
+`--api-key`. (Loopback binding is checked on the sockets `vllm-helix serve-demo` really opens, in
+test_helix_serve.py.)
 
 Model: a tiny random MQA Llama with SmolLM2's tokenizer (`tiny_chat_model`), float32, Helix `-tp 2 -dcp 2`
-(KVP 2 × TPA 1). One server is shared by the concurrency, bad-input, KV-capacity and API-key tests; the rank-kill
-test has its own, and the startup check of a max-model-len beyond the KV capacity starts (and sees refused) one
-more. Measured figures are printed as `RELIABILITY {...}` lines (run pytest with -s to see them).
+(KVP 2 × TPA 1). One server is shared by the concurrency, bad-input, KV-capacity and API-key tests; the
+rank-kill test has its own, and the startup check of a max-model-len beyond the KV capacity starts (and sees
+refused) one more. Measured figures are printed as `RELIABILITY {...}` lines (run pytest with -s to see them).
 
-KV capacity of the shared server: `--num-gpu-blocks-override 64` blocks of 32 tokens per rank, one of which vLLM
-0.32's block pool holds back (the null block), and Helix spreads a sequence over KVP = 2 ranks by block, so
+KV capacity of the shared server: `--num-gpu-blocks-override 64` blocks of 32 tokens per rank, one of which
+vLLM 0.32's block pool holds back (the null block), and Helix spreads a sequence over KVP = 2 ranks by block,
+so
 
-    capacity = (64 − 1) · 32 · KVP = 4032 tokens of one sequence      (vLLM logs "KV cache size: 4,096 tokens")
+    capacity = (64 − 1) · 32 · KVP = 4032 tokens of one sequence   (vLLM logs "KV cache size: 4,096 tokens")
 
-and its max-model-len is set to 2048, well inside it: a prompt longer than 2048 tokens is refused for its length
-while its KV would fit, and requests that each fit 2048 can together exceed 4032.
+and its max-model-len is set to 2048, well inside it: a prompt longer than 2048 tokens is refused for its
+length while its KV would fit, and requests that each fit 2048 can together exceed 4032.
 """
 
 from __future__ import annotations
@@ -123,7 +125,7 @@ def _check_same_as_alone(base: str, bodies: list[dict]) -> tuple[float, float]:
     t_together = time.monotonic() - t0
     failures = [(i, r.error) for i, r in enumerate(together) if r.error is not None or not r.done]
     assert not failures, f"{len(failures)} of {len(bodies)} concurrent streams failed: {failures[:5]}"
-    for i, (a, c) in enumerate(zip(alone, together)):
+    for i, (a, c) in enumerate(zip(alone, together, strict=True)):
         assert len(a.token_ids) == NEW_TOKENS, (i, a)
         assert c.token_ids == a.token_ids, f"request {i}: concurrent {c.token_ids} != alone {a.token_ids}"
         assert c.text == a.text
@@ -210,7 +212,8 @@ def test_bad_input_is_a_4xx_and_the_server_stays_up(server):
             assert f"maximum context length is {limit} tokens" in message, f"{name}: {message}"
             assert f"contains {too_long[name]} input tokens" in message, f"{name}: {message}"
         assert requests.get(f"{base}/health", timeout=10).status_code == 200, f"server unhealthy after {name}"
-    # prompt + max_tokens beyond max_model_len is not an error in vLLM 0.32: max_tokens is clamped to what fits
+    # prompt + max_tokens beyond max_model_len is not an error in vLLM 0.32: max_tokens is clamped to what
+    # fits
     r = requests.post(
         f"{base}/v1/completions",
         headers=AUTH,
@@ -258,12 +261,12 @@ def _preemptions(base: str) -> float:
 
 @pytest.mark.timeout(300)
 def test_requests_beyond_kv_capacity_together_all_complete_as_alone(server):
-    """Three requests that each fit max_model_len (1200 prompt + 200 new tokens) but together need more KV than the
-    server has: 3 · ⌈1400 / 64⌉ = 66 blocks of 2 × 32 tokens > the 63 usable. vLLM 0.32 admits all three (3 · 19
-    blocks of prompt fit), and when decode runs out of blocks it preempts the newest request, frees its KV and
-    recomputes it later. What a user gets: every request completes (HTTP 200, all 200 tokens, `[DONE]`) with the
-    tokens it gets alone; only the wait is longer. `vllm:num_preemptions_total` rising shows the capacity was
-    really exceeded."""
+    """Three requests that each fit max_model_len (1200 prompt + 200 new tokens) but together need more KV
+    than the server has: 3 · ⌈1400 / 64⌉ = 66 blocks of 2 × 32 tokens > the 63 usable. vLLM 0.32 admits all
+    three (3 · 19 blocks of prompt fit), and when decode runs out of blocks it preempts the newest request,
+    frees its KV and recomputes it later. What a user gets: every request completes (HTTP 200, all 200 tokens,
+    `[DONE]`) with the tokens it gets alone; only the wait is longer. `vllm:num_preemptions_total` rising
+    shows the capacity was really exceeded."""
     rng = random.Random(12)
     bodies = [
         {
@@ -286,7 +289,7 @@ def test_requests_beyond_kv_capacity_together_all_complete_as_alone(server):
         "the three requests never ran out of KV blocks: the test did not exceed the capacity"
     )
     alone = [stream_completion(server.base, b, AUTH, read_timeout=240) for b in bodies]
-    for i, (a, c) in enumerate(zip(alone, together)):
+    for i, (a, c) in enumerate(zip(alone, together, strict=True)):
         assert a.error is None and a.done, (i, a.error)
         assert len(c.token_ids) == 200 and c.token_ids == a.token_ids, f"request {i}: preempted run != alone"
     assert requests.get(f"{server.base}/health", timeout=10).status_code == 200
@@ -302,13 +305,14 @@ def test_requests_beyond_kv_capacity_together_all_complete_as_alone(server):
 @pytest.mark.timeout(STARTUP_S + 120)
 def test_max_model_len_beyond_kv_capacity_is_refused_at_startup(tiny_chat):
     """A server whose KV capacity is smaller than its max-model-len: vLLM 0.32 refuses to start it. Its engine
-    core checks, after profiling, that one request of max_model_len fits the KV cache (`check_enough_kv_cache_memory`,
-    which counts `--num-gpu-blocks-override` less the null block and divides a sequence over the DCP = KVP ranks)
-    and raises `ValueError: To serve at least one request with the model's max seq len (4033), … the estimated
-    maximum model length is 4032 …`; `vllm serve` then exits with status 1 — no hang, no port left open, no
-    request can ever find a KV cache too small for a prompt that max-model-len admits (the shared server above, at
-    exactly this block budget, starts with any max-model-len up to 4032). Observed: exit within the startup time of
-    a normal server, the message in the server's log."""
+    core checks, after profiling, that one request of max_model_len fits the KV cache
+    (`check_enough_kv_cache_memory`, which counts `--num-gpu-blocks-override` less the null block and divides
+    a sequence over the DCP = KVP ranks) and raises `ValueError: To serve at least one request with the
+    model's max seq len (4033), … the estimated maximum model length is 4032 …`; `vllm serve` then exits with
+    status 1 — no hang, no port left open, no request can ever find a KV cache too small for a prompt that
+    max-model-len admits (the shared server above, at exactly this block budget, starts with any max-model-len
+    up to 4032). Observed: exit within the startup time of a normal server, the message in the server's
+    log."""
     from vllm_helix.cpu_setup import cpu_env
 
     port = free_port()

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
-"""TPA < KV heads — the grids stock vLLM refuses — with QKV computed per TPA shard (replicated over KVP peers):
-greedy tokens identical to stock TP=1, per-rank KV ≈ 1/KVP of stock read from the rank's KV cache tensors,
-weight memory per rank reported."""
+"""TPA < KV heads — the grids stock vLLM refuses — with QKV computed per TPA shard (replicated over KVP
+peers): greedy tokens identical to stock TP=1, per-rank KV ≈ 1/KVP of stock read from the rank's KV cache
+tensors, weight memory per rank reported."""
 
 import json
 from pathlib import Path
@@ -31,7 +31,8 @@ def assert_kv_tensors_sharded(
         rank (t, k) holds        len_k · K/TPA · 2D · b · L bytes,   len_k = local_lengths(S, block, KVP)[k]
                                  ≤ (S/KVP + block) · K/TPA · 2D · b · L
 
-    and allocates (blocks, K/TPA, block, 2D) per layer — K/TPA heads per slot, not K — within its KV budget."""
+    and allocates (blocks, K/TPA, block, 2D) per layer — K/TPA heads per slot, not K — within its KV
+    budget."""
     cfg = json.loads((model / "config.json").read_text())
     layers, kv_heads = cfg["num_hidden_layers"], cfg["num_key_value_heads"]
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
@@ -51,7 +52,8 @@ def assert_kv_tensors_sharded(
         assert m["layers"] == layers and m["kv_shape"][1:] == [local_heads, BLOCK, 2 * head_dim], m
         assert m["allocated_bytes"] == m["layer_bytes"] == blocks * BLOCK * slot_bytes, m
         assert m["allocated_bytes"] <= KV_CACHE_GIB * 2**30, m
-        # what was written: exactly the rank's round-robin share of the sequence, the same slots in every layer
+        # what was written: exactly the rank's round-robin share of the sequence, the same slots in every
+        # layer
         assert m["same_slots_all_layers"], m
         assert m["written_slots"] == expected[st["kvp_index"]], (m, expected)
         assert m["written_slots"] <= total_tokens / dcp + BLOCK
@@ -71,7 +73,8 @@ def assert_kv_tensors_sharded(
 )
 def test_tiny_models_beyond_vllm_dcp_limit(tiny_models, stock_tokens, model, tp, dcp, hop_b):
     """One engine: a batch (HOP-B `hop_b`), the batch again with HOP-B flipped, then one long prompt alone on
-    zeroed KV caches, after which every rank's KV cache tensors are read back (`assert_kv_tensors_sharded`)."""
+    zeroed KV caches, after which every rank's KV cache tensors are read back
+    (`assert_kv_tensors_sharded`)."""
     seed = 20 + tp
     prompts = prompt_ids(seed, PROMPT_LENGTHS)
     long_prompt = prompt_ids(seed + 1, [777])[0]

@@ -3,9 +3,9 @@
 
 - `make serve` itself: `vllm-helix serve-demo` with no options (bf16 SmolLM2 with its heads padded to 12,
   `-tp 2 -dcp 2`, the CPU platform's block size 128), asked the README's chat question; compared with stock
-  offline TP = 1 in bf16 on the original 9-head checkpoint (same chat template: the prompt token ids are checked
-  equal) by vLLM's low-precision rule (`tests.e2e.logprobs_close`). A long completion prompt (> 2 blocks of 128)
-  puts KV on both KVP ranks.
+  offline TP = 1 in bf16 on the original 9-head checkpoint (same chat template: the prompt token ids are
+  checked equal) by vLLM's low-precision rule (`tests.e2e.logprobs_close`). A long completion prompt (> 2
+  blocks of 128) puts KV on both KVP ranks.
 - vLLM's default compilation (no `--enforce-eager`; on CPU vLLM 0.32 turns it into one Dynamo trace compiled
   by inductor, no CUDA graphs), with the scheduler's token budget far below the prompt lengths (chunked
   prefill, mixed prefill/decode steps) and prefix caching hit on a second pass: fp32 greedy tokens identical
@@ -14,7 +14,8 @@
   4 KV heads at TPA 1), which makes it the README's Qwen2 check too (test_architectures.py).
 - The same compiled mode in bf16: logprobs-close to stock TP = 1 in bf16.
 
-The stock references run eager: the reference is stock vLLM's output, and eager spares a compile (25–70 s here).
+The stock references run eager: the reference is stock vLLM's output, and eager spares a compile (25–70 s
+here).
 """
 
 import pytest

@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
-"""A tiny random MQA Llama with SmolLM2's tokenizer (no hub): the full text API of `vllm serve` at a fraction of
-SmolLM2's cost. 8 query heads, 1 KV head (Helix `-tp 2 -dcp 2` is KVP 2 × TPA 1), 2 layers, hidden 128, float32,
-8192 positions. Its greedy output is gibberish, but deterministic: exact-equality tests compare token ids."""
+"""A tiny random MQA Llama with SmolLM2's tokenizer (no hub): the full text API of `vllm serve` at a fraction
+of SmolLM2's cost. 8 query heads, 1 KV head (Helix `-tp 2 -dcp 2` is KVP 2 × TPA 1), 2 layers, hidden 128,
+float32, 8192 positions. Its greedy output is gibberish, but deterministic: exact-equality tests compare token
+ids."""
 
 from __future__ import annotations
 

@@ -106,14 +106,15 @@ def make_tiny_deepseek_v3(
     vocab: int = 512,
     seed: int = 0,
 ) -> Path:
-    """A random-weight DeepSeek-V3-architecture checkpoint (MLA + MoE, `noaux_tc` routing with sigmoid scores),
-    float32, written to `path` (idempotent). Layers < `first_dense` use a dense MLP, the rest MoE with one shared
-    expert. The latent KV cache entry is kv_lora_rank + rope_dim wide (vLLM's stock CPU MLA kernel needs 576).
+    """A random-weight DeepSeek-V3-architecture checkpoint (MLA + MoE, `noaux_tc` routing with sigmoid
+    scores), float32, written to `path` (idempotent). Layers < `first_dense` use a dense MLP, the rest MoE
+    with one shared expert. The latent KV cache entry is kv_lora_rank + rope_dim wide (vLLM's stock CPU MLA
+    kernel needs 576).
 
-    Weights use a large init range (0.08) so greedy logits have clear winners. RoPE is DeepSeek-V3's YaRN (vLLM's
-    `deepseek_yarn`, applied in torch): with plain RoPE vLLM 0.32's CPU `_C.rotary_embedding` rotates MLA's 3-D
-    query (tokens, heads, rope) as if each head were a token, so stock vLLM's output depends on how the scheduler
-    batched the prompts (docs/limits.md).
+    Weights use a large init range (0.08) so greedy logits have clear winners. RoPE is DeepSeek-V3's YaRN
+    (vLLM's `deepseek_yarn`, applied in torch): with plain RoPE vLLM 0.32's CPU `_C.rotary_embedding` rotates
+    MLA's 3-D query (tokens, heads, rope) as if each head were a token, so stock vLLM's output depends on how
+    the scheduler batched the prompts (docs/limits.md).
     """
     path = Path(path)
     if (path / "config.json").exists():

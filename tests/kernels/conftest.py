@@ -117,7 +117,8 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_collection_finish(session):
-    """The kernels are defined by now: give other tests (and the vLLM processes they start) their environment."""
+    """The kernels are defined by now: give other tests (and the vLLM processes they start) their
+    environment."""
     if COMPILED:
         return
     if _PREVIOUS_INTERPRET is None:

@@ -1,11 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
 """The native CPU decode-attention op against an fp64 reference and against the torch path.
 
-fp32 ≤ 1e-5 and bf16 ≤ 2e-2 max abs error (O and LSE), ragged local lengths (0, 1, partial blocks, many blocks),
-head_dim 32/64/128, GQA group sizes 1–16, fragmented and descending block tables, the Helix cache layout (K and
-V as views of one buffer), strided queries, 1 and 2 threads (splits merged by the LSE rule), and each ISA build:
-the one this CPU runs ("auto"), and the portable 8- and 16-lane builds — the latter is the AVX-512 lane layout,
-checked here on any CPU.
+fp32 ≤ 1e-5 and bf16 ≤ 2e-2 max abs error (O and LSE), ragged local lengths (0, 1, partial blocks, many
+blocks), head_dim 32/64/128, GQA group sizes 1–16, fragmented and descending block tables, the Helix cache
+layout (K and V as views of one buffer), strided queries, 1 and 2 threads (splits merged by the LSE rule), and
+each ISA build: the one this CPU runs ("auto"), and the portable 8- and 16-lane builds — the latter is the
+AVX-512 lane layout, checked here on any CPU.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ def threads():
 
 
 def reference(query, key_cache, value_cache, block_table, lens, scale):
-    """fp64 attention of each sequence's query over its first lens[s] local keys → O, LSE (−inf, 0 if empty)."""
+    """fp64 attention of each sequence's query over its first lens[s] local keys → O, LSE (−inf, 0 if
+    empty)."""
     num_seqs, heads, _ = query.shape
     _, block_size, kv_heads, v_dim = value_cache.shape
     group = heads // kv_heads
@@ -116,8 +117,8 @@ def test_tables_and_block_sizes(dtype, block_size):
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("num_threads", [1, 2])
 def test_splits_and_threads(threads, isa, num_threads):
-    """One long request on 2 threads is cut into splits (flash-decoding); explicit splits on 1 thread; the merge
-    is exact, including splits that hold no key (more splits than keys)."""
+    """One long request on 2 threads is cut into splits (flash-decoding); explicit splits on 1 thread; the
+    merge is exact, including splits that hold no key (more splits than keys)."""
     threads(num_threads)
     for lens, splits in (([3000], 0), ([3000, 0], 0), ([3000, 17], 5), ([5], 8), ([2048] * 3, 3)):
         for dtype in (torch.float32, torch.bfloat16):
@@ -173,7 +174,8 @@ def test_status_names_the_isa():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("chunks", [1, 2, 3])
 def test_packed_output_is_the_exchange_layout(dtype, chunks):
-    """The packed op writes exactly what `pack_partials` makes of the plain op's (O, LSE), including −inf rows."""
+    """The packed op writes exactly what `pack_partials` makes of the plain op's (O, LSE), including −inf
+    rows."""
     from vllm_helix.exchange import pack_partials
 
     lens = [0, 45, 300, 7]

@@ -1,9 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """The shared-memory collectives across real processes (`spawn`): the all-to-all equal to gloo's
-`all_to_all_single` and the all-reduce equal to an fp64 sum (bitwise the same on every peer), round after round
-(both halves of the double buffer, messages of changing size, the two collectives interleaved), for 2–4 peers;
-nothing left in /dev/shm; a message larger than a slot is refused without a round; a peer that never arrives makes
-the op raise."""
+`all_to_all_single` and the all-reduce equal to an fp64 sum (bitwise the same on every peer), round after
+round (both halves of the double buffer, messages of changing size, the two collectives interleaved), for 2–4
+peers; nothing left in /dev/shm; a message larger than a slot is refused without a round; a peer that never
+arrives makes the op raise."""
 
 from __future__ import annotations
 

@@ -92,7 +92,6 @@ def test_cli_refuses_bad_usage_before_touching_ray(capsys):
 
 
 def _tray_script(tmp_path, *args, smi_lines=None, env=None):
-    import os
     import subprocess
     from pathlib import Path
 

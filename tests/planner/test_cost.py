@@ -105,8 +105,8 @@ def test_model_shapes():
 
 
 def test_hop_b_reproduces_paper_fig3_worked_example():
-    # 8 requests, attention 2 units and exchange 1.2 units each, no fixed latency: lockstep 8·2 + 8·1.2 = 25.6,
-    # pipelined 2 + 1.2 + 7·2 = 17.2 (the paper's "≈ 8·2 + 1.2 ≈ 17").
+    # 8 requests, attention 2 units and exchange 1.2 units each, no fixed latency: lockstep 8·2 + 8·1.2 =
+    # 25.6, pipelined 2 + 1.2 + 7·2 = 17.2 (the paper's "≈ 8·2 + 1.2 ≈ 17").
     from vllm_helix.planner.cost import hop_b_time
 
     def a2a_of(f):

@@ -32,9 +32,9 @@ def test_combine_of_random_splits_is_exact(kvp, s, t):
             outs.append(torch.zeros(t, h, d))
             lses.append(torch.full((t, h), -math.inf))
         else:
-            o, l = _attend(q, k[idx], v[idx], 0.3)
+            o, part_lse = _attend(q, k[idx], v[idx], 0.3)
             outs.append(o.float())
-            lses.append(l.float())
+            lses.append(part_lse.float())
     out, lse = combine_partials(torch.stack(outs), torch.stack(lses))
     assert (out - ref.float()).abs().max() <= 1e-5
     assert (lse - ref_lse.float()).abs().max() <= 1e-5
@@ -85,6 +85,6 @@ def test_pack_roundtrip_is_bit_exact_for_bf16():
     lse[0, 0] = -math.inf
     packed = pack_partials(out, lse, 3)
     assert packed.shape == (3, 5, 2, 10)
-    o, l = unpack_partials(packed, 8)
+    o, unpacked_lse = unpack_partials(packed, 8)
     assert torch.equal(o.transpose(0, 1).reshape(5, 6, 8), out)
-    assert torch.equal(l.transpose(0, 1).reshape(5, 6), lse)
+    assert torch.equal(unpacked_lse.transpose(0, 1).reshape(5, 6), lse)

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Pre-spawn validation (`vllm_helix.validation`): every kind of configuration Helix cannot run gives one clear
-error naming the values and what works; configurations that work pass. Pure: no vLLM import (except the check
-that the worker's backend choice refuses what validation refuses, which imports the worker module)."""
+"""Pre-spawn validation (`vllm_helix.validation`): every kind of configuration Helix cannot run gives one
+clear error naming the values and what works; configurations that work pass. Pure: no vLLM import (except the
+check that the worker's backend choice refuses what validation refuses, which imports the worker module)."""
 
 import types
 
@@ -57,7 +57,8 @@ def error_of(s: HelixSetup) -> str:
         setup(additional_config={"other_plugin": 1}),
         setup(additional_config=None),
         HelixSetup(4, 2),  # model not read yet: only the grid arithmetic is checked
-        # DeepSeek MLA: latent KV counts as 1 KV head; vLLM's CPU platform picks block 16, which the Helix MLA backend runs
+        # DeepSeek MLA: latent KV counts as 1 KV head; vLLM's CPU platform picks block 16, which the Helix MLA
+        # backend runs
         setup(
             2,
             2,
@@ -306,7 +307,7 @@ def test_the_worker_refuses_mla_on_cuda_with_the_same_decision(monkeypatch):
         worker._install_backend(config)
 
 
-# ---- the patch wrappers: no-ops (the original called with the same arguments) unless the Helix worker is used ----
+# ---- the patch wrappers: no-ops (the original called with the same arguments) unless the Helix worker is on
 
 
 def _recorder():

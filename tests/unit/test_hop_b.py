@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Slice planning of HOP-B, and the backend's kernel selection (CUDA → Triton launchers, CPU → torch)."""
 
+import itertools
 from types import SimpleNamespace
 
 import torch
@@ -26,7 +27,7 @@ def test_plan_slices_cover_requests_in_order():
     assert len(plan_slices(40, 40, 2, cfg, auto_min_decode_reqs=32)) == 4
     for n, d in [(7, 7), (9, 4), (3, 0)]:
         s = plan_slices(n, d, 2, cfg)
-        assert s[0][0] == 0 and s[-1][1] == n and all(a[1] == b[0] for a, b in zip(s, s[1:]))
+        assert s[0][0] == 0 and s[-1][1] == n and all(a[1] == b[0] for a, b in itertools.pairwise(s))
 
 
 def _decode_case(num_seqs=3, heads=4, kv_heads=2, dim=16, block=16):

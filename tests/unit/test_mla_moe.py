@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Pure pieces of Helix MLA + MoE: sharded absorbed decode + LSE combine + W_UV equals full MLA attention, and the
-expert-parallel top-k remapping."""
+"""Pure pieces of Helix MLA + MoE: sharded absorbed decode + LSE combine + W_UV equals full MLA attention, and
+the expert-parallel top-k remapping."""
 
 import pytest
 import torch
@@ -15,8 +15,9 @@ from vllm_helix.sharding import local_lengths, owner_rank
 @pytest.mark.parametrize("kvp,lora,rope,seq_len", [(2, 512, 64, 70), (4, 48, 16, 33), (3, 40, 8, 5)])
 def test_sharded_absorbed_mla_decode_equals_full_mla(kvp, lora, rope, seq_len):
     """Each rank holds its round-robin blocks of the latent cache, attends in latent space with W_UK absorbed,
-    the partials are exchanged (pack → per-destination chunks → unpack) and combined; W_UV after the combine for
-    the rank's H/KVP heads equals the un-absorbed attention with K = W_UK c, V = W_UV c over the whole sequence."""
+    the partials are exchanged (pack → per-destination chunks → unpack) and combined; W_UV after the combine
+    for the rank's H/KVP heads equals the un-absorbed attention with K = W_UK c, V = W_UV c over the whole
+    sequence."""
     torch.manual_seed(kvp + lora)
     heads, nope, v_dim, bs = 4 * kvp, 16, 12, 4
     scale = (nope + rope) ** -0.5

@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
-"""`paged_partial_attention`'s CPU fast path (flash kernel over runs of consecutive blocks, read in place from the
-token-major cache) against an fp64 dense reference, for every way a block table can be laid out: consecutive ids,
-descending ids (vLLM's free queue after requests finish: the partial last block then sits at the *start* of its
-sorted run), a partial block in the middle of a run, and a fragmented table (the gather path)."""
+"""`paged_partial_attention`'s CPU fast path (flash kernel over runs of consecutive blocks, read in place from
+the token-major cache) against an fp64 dense reference, for every way a block table can be laid out:
+consecutive ids, descending ids (vLLM's free queue after requests finish: the partial last block then sits at
+the *start* of its sorted run), a partial block in the middle of a run, and a fragmented table (the gather
+path)."""
 
 import pytest
 import torch
@@ -13,7 +14,8 @@ BS, DIM = 8, 16
 
 
 def _reference(q, keys, values, kpos, qpos, scale):
-    """q (T, H, D); keys/values (n, K, D) at global positions kpos; causal by qpos → O (T, H, D), LSE (T, H)."""
+    """q (T, H, D); keys/values (n, K, D) at global positions kpos; causal by qpos → O (T, H, D), LSE (T,
+    H)."""
     group = q.shape[1] // keys.shape[1]
     k = keys.double().repeat_interleave(group, dim=1)
     v = values.double().repeat_interleave(group, dim=1)

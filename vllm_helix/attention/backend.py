@@ -7,12 +7,12 @@ One call per layer and step, for every token of the batch (prefill, chunked pref
     (O_i, LSE_i) = partial attention over the local shard, causal by global position   [H/TPA heads]
     O = all-to-all over the KVP group + LSE combine                                     [H/N heads]
 
-Prefill tokens go through the same exchange as decode tokens: a prompt's KV is spread over the KVP ranks as it is
-written, so its attention is split the same way and stays exact. `output` is (tokens, H/N, head_dim) — the input of
-the TP = N out-projection (see `vllm_helix.model_surgery`).
+Prefill tokens go through the same exchange as decode tokens: a prompt's KV is spread over the KVP ranks as it
+is written, so its attention is split the same way and stays exact. `output` is (tokens, H/N, head_dim) — the
+input of the TP = N out-projection (see `vllm_helix.model_surgery`).
 
-Extends vLLM 0.32's `CPUAttentionBackend` (same KV buffer size per block, read token-major: see `split_kv_cache`),
-adding the LSE-returning compute path vLLM's CPU kernel lacks.
+Extends vLLM 0.32's `CPUAttentionBackend` (same KV buffer size per block, read token-major: see
+`split_kv_cache`), adding the LSE-returning compute path vLLM's CPU kernel lacks.
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ from vllm_helix.runtime import get_runtime
 class HelixAttentionBackend(CPUAttentionBackend):
     @staticmethod
     def get_name() -> str:
-        # Must name an existing enum member (vLLM pickles the enum into worker processes); on CPU the Helix worker
-        # overrides CPU_ATTN's class path in its own process only.
+        # Must name an existing enum member (vLLM pickles the enum into worker processes); on CPU the Helix
+        # worker overrides CPU_ATTN's class path in its own process only.
         return "CPU_ATTN"
 
     @staticmethod
-    def get_impl_cls() -> type["HelixAttentionImpl"]:
+    def get_impl_cls() -> type[HelixAttentionImpl]:
         return HelixAttentionImpl
 
     @staticmethod
@@ -51,10 +51,11 @@ class HelixAttentionBackend(CPUAttentionBackend):
 def split_kv_cache(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Helix's reading of a layer's KV buffer → key, value (blocks, block_size, kv_heads, D).
 
-    vLLM sizes the buffer as CPU_ATTN's (blocks, kv_heads, block_size, 2·D) (layout LBHNC, one contiguous tensor
-    per layer); only the Helix backend writes and reads it, so it stores all keys, then all values, token-major
-    (vLLM's GPU "NHD" layout): a run of consecutive blocks is then one (run·block_size, kv_heads, D) stretch the
-    flash kernel reads in one call. Same bytes, same block ids, so vLLM's block manager is unaffected."""
+    vLLM sizes the buffer as CPU_ATTN's (blocks, kv_heads, block_size, 2·D) (layout LBHNC, one contiguous
+    tensor per layer); only the Helix backend writes and reads it, so it stores all keys, then all values,
+    token-major (vLLM's GPU "NHD" layout): a run of consecutive blocks is then one (run·block_size, kv_heads,
+    D) stretch the flash kernel reads in one call. Same bytes, same block ids, so vLLM's block manager is
+    unaffected."""
     num_blocks, kv_heads, block_size, two_d = kv_cache.shape
     if not kv_cache.is_contiguous():
         raise RuntimeError(
@@ -65,8 +66,8 @@ def split_kv_cache(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def write_kv(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slots: torch.Tensor) -> None:
-    """Scatter key/value (n, kv_heads, D) to local slots (n,) of the cache, in the layout `split_kv_cache` reads
-    (vLLM's C++ `cpu_attn_reshape_and_cache` writes an ISA-specific tiled layout instead)."""
+    """Scatter key/value (n, kv_heads, D) to local slots (n,) of the cache, in the layout `split_kv_cache`
+    reads (vLLM's C++ `cpu_attn_reshape_and_cache` writes an ISA-specific tiled layout instead)."""
     key_cache, value_cache = split_kv_cache(kv_cache)  # (blocks, block_size, kv_heads, D)
     kv_heads, dim = key_cache.shape[2:]
     key_cache.view(-1, kv_heads, dim)[slots] = key.to(key_cache.dtype)

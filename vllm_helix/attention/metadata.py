@@ -1,10 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
 """Per-step attention metadata of the Helix backend (vLLM 0.32 v1 `AttentionMetadataBuilder`).
 
-vLLM's scheduler already works in virtual blocks of block_size × KVP under `-dcp KVP`, so the block table rows a rank
-sees index its *local* blocks directly: local block b of KVP rank k holds the round-robin units b·KVP + k. From the
-global sequence lengths this builder derives what each rank holds (`local_seq_lens`, see `vllm_helix.sharding`)
-and every query token's global position (tokens of a request in one step are the last `query_len` positions).
+vLLM's scheduler already works in virtual blocks of block_size × KVP under `-dcp KVP`, so the block table rows
+a rank sees index its *local* blocks directly: local block b of KVP rank k holds the round-robin units b·KVP +
+k. From the global sequence lengths this builder derives what each rank holds (`local_seq_lens`, see
+`vllm_helix.sharding`) and every query token's global position (tokens of a request in one step are the last
+`query_len` positions).
 """
 
 from __future__ import annotations

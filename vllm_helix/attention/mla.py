@@ -1,23 +1,25 @@
 # SPDX-License-Identifier: Apache-2.0
 """Helix MLA (DeepSeek V2/V3) on vLLM 0.32: a CPU MLA backend whose decode returns the LSE, any dims.
 
-Helix for MLA is TPA = 1 (or any TPA), KVP = N: the latent cache entry [c_j (kv_lora_rank C) | k_pe_j (rope R)]
-is one KV "head", so it is sharded over the KVP ranks round-robin by block (vLLM's DCP slot mapping with
+Helix for MLA is TPA = 1 (or any TPA), KVP = N: the latent cache entry [c_j (kv_lora_rank C) | k_pe_j (rope
+R)] is one KV "head", so it is sharded over the KVP ranks round-robin by block (vLLM's DCP slot mapping with
 `cp_kv_cache_interleave_size = block_size`, set by the Helix worker) instead of being duplicated by TP.
 
-vLLM's own MLA layer (`MLAAttention.forward_impl`) already runs the Helix data flow once the backend can return an
-LSE; this module only supplies that backend and the exchange. Per decode step and layer, on rank r of a KVP group:
+vLLM's own MLA layer (`MLAAttention.forward_impl`) already runs the Helix data flow once the backend can
+return an LSE; this module only supplies that backend and the exchange. Per decode step and layer, on rank r
+of a KVP group:
 
     q (B, H_g, C + R)    absorbed query (W_UK folded in) for the group's H_g = H/TPA heads: with
-                         `dcp_q_replicate` (set by the worker) q_b_proj is replicated over the group, so no query
-                         all-gather — Helix's replicated query projection
-    (O_r, LSE_r)         = absorbed decode attention over this rank's latent shard      O_r (B, H_g, C)  [here]
-    O (B, H/N, C)        = all-to-all over the KVP group + exact LSE combine               [here, `_helix_combine`]
+                         `dcp_q_replicate` (set by the worker) q_b_proj is replicated over the group, so no
+                         query all-gather — Helix's replicated query projection
+    (O_r, LSE_r)         = absorbed decode attention over this rank's latent shard   O_r (B, H_g, C)  [here]
+    O (B, H/N, C)        = all-to-all over the KVP group + exact LSE combine      [here, `_helix_combine`]
                            O = Σ_r exp(LSE_r − LSE) · O_r,  LSE = log Σ_r exp(LSE_r)
     W_UV, o_proj         applied by vLLM for the rank's H/N heads (v_up_proj, RowParallelLinear at TP = N)
 
-Because the combine is linear in O_r and W_UV is per head, applying W_UV after the combine is exact; the rank's
-H/N heads after the all-to-all are heads [r·H/N, (r+1)·H/N) — the slice its TP = N `kv_b_proj`/`o_proj` hold.
+Because the combine is linear in O_r and W_UV is per head, applying W_UV after the combine is exact; the
+rank's H/N heads after the all-to-all are heads [r·H/N, (r+1)·H/N) — the slice its TP = N `kv_b_proj`/`o_proj`
+hold.
 
 Prefill (vLLM's MHA path) stays exact without an exchange: on CPU, vLLM disables chunked prefill and prefix
 caching for MLA, so a prompt has no cached context and every rank attends over the prompt's freshly computed
@@ -85,7 +87,7 @@ class HelixMLABackend(CPUMLABackend):
         return True
 
     @staticmethod
-    def get_impl_cls() -> type["HelixMLAImpl"]:
+    def get_impl_cls() -> type[HelixMLAImpl]:
         return HelixMLAImpl
 
     @staticmethod
@@ -196,7 +198,8 @@ class HelixMLAImpl(CPUMLAImpl):
         kv_cache_dtype: str,
         k_scale: torch.Tensor,
     ) -> None:
-        """Write [c | k_pe] (tokens, C + R) of the tokens this rank owns (slot ≥ 0) into (blocks, bs, C + R)."""
+        """Write [c | k_pe] (tokens, C + R) of the tokens this rank owns (slot ≥ 0) into (blocks, bs, C +
+        R)."""
         super().do_kv_cache_update(kv_c_normed, k_pe, kv_cache, slot_mapping, kv_cache_dtype, k_scale)
         if kv_cache.numel() == 0 or not has_runtime():
             return

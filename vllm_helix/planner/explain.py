@@ -52,24 +52,32 @@ def _column(name: str, m: ModelSpec, hw: Hardware, p: Precision, s: int, g: Grid
     layer_on = layer_off - d["a2a_off"] + d["a2a"]
     comm_off = d["a2a_off"] + d["allreduce"] + d["ffn_comm"]
     needed = PAPER_LOSS[name] * off.ttl_s / (m.n_layers * g.batch)  # wire seconds per request
+    ar_wire = _us(_wire(hw, g.n_gpus, d["ar_bytes"], 2.0))
+    paper_wire = f"wire per request for the paper's {PAPER_LOSS[name]:.0%}: ns (KB), ours"
     return {
         "grid": f"N={g.n_gpus} KVP={g.kvp} TPA={g.tpa} B={g.batch}",
         "QKV projection (µs)": _us(d["qkv"]),
         "attention core (µs)": f"{_us(d['attention'])} ({_us(d['attention'] / g.batch)} per request)",
         "all-to-all: KB sent per GPU, α + wire (µs)": f"{_kb(sent)}, {alpha} + {_us(a2a_wire)}",
         "O-projection (µs)": _us(d["o_proj"]),
-        "O all-reduce: KB per GPU, α + wire (µs)": f"{_kb(d['ar_bytes'])}, {alpha} + {_us(_wire(hw, g.n_gpus, d['ar_bytes'], 2.0))}",
+        "O all-reduce: KB per GPU, α + wire (µs)": f"{_kb(d['ar_bytes'])}, {alpha} + {ar_wire}",
         "FFN (µs)": _us(d["ffn"]),
         "FFN all-reduce: α + wire (µs)": f"{alpha} + {_us(_wire(hw, g.ffn_width, d['ffn_comm_bytes'], 2.0))}",
         "layer with HOP-B off (µs); communication share": f"{_us(layer_off)}; {comm_off / layer_off:.1%}",
-        "HOP-B on: slices, layer (µs), hidden (µs)": f"{d['slices']}, {_us(layer_on)}, {_us(layer_off - layer_on)}",
-        "TTL off → on (ms): loss": f"{off.ttl_s * 1e3:.3f} → {on.ttl_s * 1e3:.3f}: {1 - on.ttl_s / off.ttl_s:.1%}",
+        "HOP-B on: slices, layer (µs), hidden (µs)": (
+            f"{d['slices']}, {_us(layer_on)}, {_us(layer_off - layer_on)}"
+        ),
+        "TTL off → on (ms): loss": (
+            f"{off.ttl_s * 1e3:.3f} → {on.ttl_s * 1e3:.3f}: {1 - on.ttl_s / off.ttl_s:.1%}"
+        ),
         "bound L·wire(a2a) / TTL_off": f"{m.n_layers * a2a_wire / off.ttl_s:.2%}",
-        f"wire per request for the paper's {PAPER_LOSS[name]:.0%}: ns (KB), ours": "one request: nothing to pipeline"
+        paper_wire: "one request: nothing to pipeline"
         if g.batch == 1
         else f"{needed * 1e9:.0f} ({_kb(needed * hw.link_bw)}), ours {a2a_wire / g.batch * 1e9:.1f} "
         f"({_kb(sent / g.batch)})",
-        "lockstep off (B exchanges): TTL (ms): loss": f"{lock.ttl_s * 1e3:.3f}: {1 - on.ttl_s / lock.ttl_s:.1%}",
+        "lockstep off (B exchanges): TTL (ms): loss": (
+            f"{lock.ttl_s * 1e3:.3f}: {1 - on.ttl_s / lock.ttl_s:.1%}"
+        ),
     }
 
 

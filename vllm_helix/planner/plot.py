@@ -28,7 +28,7 @@ def plot_pareto(results: dict[str, dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(results), figsize=(6.2 * len(results), 4.8))
-    for ax, (name, r) in zip(axes, results.items()):
+    for ax, (name, r) in zip(axes, results.items(), strict=True):
         base = [e for f in r["baselines"].values() for e in f]
         x0 = max(e.tokens_per_s_user for e in base)
         y0 = max(e.tokens_per_s_gpu for e in base)
