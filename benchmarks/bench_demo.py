@@ -3,16 +3,19 @@
 `vllm serve` of the same model at TP 1 (`serve-demo --stock`), one after the other on the same machine.
 
 Each server answers the README's chat question, streamed through the OpenAI API (bf16, greedy, `--max-tokens`
-tokens, EOS ignored so every run has the same length), `--reps` times after one warm-up. Per-token latency = the
-median gap between consecutive streamed chunks; time to first token apart.
+tokens, EOS ignored so every run has the same length), `--reps` times after one warm-up. Per-token latency =
+the median gap between consecutive streamed chunks; time to first token apart.
 
-Prints ONE JSON line.  python benchmarks/bench_demo.py [--reps 5] [--max-tokens 64] [--helix-args "--tp 3 --dcp 3"]
+Prints ONE JSON line.
+
+    python benchmarks/bench_demo.py [--reps 5] [--max-tokens 64] [--helix-args "--tp 3 --dcp 3"]
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import os
 import shlex
@@ -31,8 +34,14 @@ def stream_once(base: str, max_tokens: int) -> tuple[float, list[float], str]:
     """(time to first token s, gaps between later chunks s, text) of one streamed chat completion."""
     import requests
 
-    body = {"model": "smollm2", "messages": CHAT, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            "ignore_eos": True}
+    body = {
+        "model": "smollm2",
+        "messages": CHAT,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "ignore_eos": True,
+    }
     t0 = time.perf_counter()
     stamps, text = [], []
     with requests.post(f"{base}/v1/chat/completions", json=body, stream=True, timeout=600) as resp:
@@ -44,7 +53,7 @@ def stream_once(base: str, max_tokens: int) -> tuple[float, list[float], str]:
             if delta:
                 stamps.append(time.perf_counter())
                 text.append(delta)
-    return stamps[0] - t0, [b - a for a, b in zip(stamps, stamps[1:])], "".join(text)
+    return stamps[0] - t0, [b - a for a, b in itertools.pairwise(stamps)], "".join(text)
 
 
 def measure(args: list[str], reps: int, max_tokens: int) -> dict:
@@ -59,10 +68,15 @@ def measure(args: list[str], reps: int, max_tokens: int) -> dict:
             first, between, text = stream_once(server.base, max_tokens)
             ttft.append(first)
             gaps.extend(between)
-    return {"args": args, "startup_s": round(ready, 1), "ttft_ms": round(statistics.median(ttft) * 1e3, 1),
-            "per_token_ms": round(statistics.median(gaps) * 1e3, 2),
-            "per_token_ms_p90": round(sorted(gaps)[int(0.9 * (len(gaps) - 1))] * 1e3, 2),
-            "tokens": len(gaps) // reps + 1, "answer_start": text[:60]}
+    return {
+        "args": args,
+        "startup_s": round(ready, 1),
+        "ttft_ms": round(statistics.median(ttft) * 1e3, 1),
+        "per_token_ms": round(statistics.median(gaps) * 1e3, 2),
+        "per_token_ms_p90": round(sorted(gaps)[int(0.9 * (len(gaps) - 1))] * 1e3, 2),
+        "tokens": len(gaps) // reps + 1,
+        "answer_start": text[:60],
+    }
 
 
 def main() -> None:
@@ -76,11 +90,23 @@ def main() -> None:
     load_before = os.getloadavg()
     helix = measure(shlex.split(args.helix_args), args.reps, args.max_tokens)
     stock = measure(["--stock"], args.reps, args.max_tokens)
-    print(json.dumps({"benchmark": "demo", "date": datetime.datetime.now().isoformat(timespec="seconds"),
-                      "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "loadavg_before": load_before,
-                                  "loadavg_after": os.getloadavg()},
-                      "helix": helix, "stock_tp1": stock,
-                      "helix_over_stock_per_token": round(helix["per_token_ms"] / stock["per_token_ms"], 2)}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "demo",
+                "date": datetime.datetime.now().isoformat(timespec="seconds"),
+                "machine": {
+                    "cpu": cpu_model(),
+                    "cores": os.cpu_count(),
+                    "loadavg_before": load_before,
+                    "loadavg_after": os.getloadavg(),
+                },
+                "helix": helix,
+                "stock_tp1": stock,
+                "helix_over_stock_per_token": round(helix["per_token_ms"] / stock["per_token_ms"], 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

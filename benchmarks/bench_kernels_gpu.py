@@ -63,6 +63,7 @@ def bench(args, device: torch.device | None = None, timer=None) -> dict:
 
     device, dtype = device or torch.device("cuda"), _DTYPES[args.dtype]
     if timer is None:
+
         def timer(fn):
             return triton.testing.do_bench(fn, warmup=args.warmup_ms, rep=args.rep_ms, return_mode="median")
 
@@ -74,8 +75,11 @@ def bench(args, device: torch.device | None = None, timer=None) -> dict:
         call_args = (q, k, v, table, lens, args.head_dim**-0.5)
         fn = lambda: partial_decode_attention(*call_args, num_splits=args.num_splits)  # noqa: E731
         ref = lambda: partial_decode_attention_reference(*call_args)  # noqa: E731
-        nbytes = (args.batch * local_len * args.kv_heads * 2 * args.head_dim * elt  # K and V shard
-                  + 2 * q.numel() * elt + args.batch * args.heads * 4)  # q in, O out, LSE out
+        nbytes = (
+            args.batch * local_len * args.kv_heads * 2 * args.head_dim * elt  # K and V shard
+            + 2 * q.numel() * elt
+            + args.batch * args.heads * 4
+        )  # q in, O out, LSE out
         result.update(kv_heads=args.kv_heads, head_dim=args.head_dim, local_len=local_len)
     elif args.op == "mla":
         latent = args.kv_lora_rank + args.rope_dim
@@ -85,16 +89,24 @@ def bench(args, device: torch.device | None = None, timer=None) -> dict:
         call_args = (q_nope, q_pe, kv, table, lens, (args.qk_head_dim or latent) ** -0.5)
         fn = lambda: mla_partial_decode_attention(*call_args, num_splits=args.num_splits)  # noqa: E731
         ref = lambda: mla_partial_decode_attention_reference(*call_args)  # noqa: E731
-        nbytes = (args.batch * local_len * latent * elt + (q_nope.numel() + q_pe.numel()) * elt
-                  + q_nope.numel() * elt + args.batch * args.heads * 4)
+        nbytes = (
+            args.batch * local_len * latent * elt
+            + (q_nope.numel() + q_pe.numel()) * elt
+            + q_nope.numel() * elt
+            + args.batch * args.heads * 4
+        )
         result.update(kv_lora_rank=args.kv_lora_rank, rope_dim=args.rope_dim, local_len=local_len)
     else:  # combine: batch = decode tokens
         partial_out = torch.randn(args.kvp, args.batch, args.heads, args.head_dim, device=device, dtype=dtype)
         partial_lse = torch.randn(args.kvp, args.batch, args.heads, device=device)
         fn = lambda: combine(partial_out, partial_lse)  # noqa: E731
         ref = lambda: combine_reference(partial_out, partial_lse)  # noqa: E731
-        nbytes = (partial_out.numel() * elt + partial_lse.numel() * 4  # partials in
-                  + partial_out[0].numel() * elt + partial_lse[0].numel() * 4)  # O and LSE out
+        nbytes = (
+            partial_out.numel() * elt
+            + partial_lse.numel() * 4  # partials in
+            + partial_out[0].numel() * elt
+            + partial_lse[0].numel() * 4
+        )  # O and LSE out
         result.update(head_dim=args.head_dim)
 
     if args.check:
@@ -139,9 +151,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not torch.cuda.is_available():
-        print("bench_kernels_gpu.py needs a CUDA device; none found (torch.cuda.is_available() is False). "
-              "The kernels' CPU verification (Triton interpreter) is `pytest tests/kernels`.",
-              file=sys.stderr)
+        print(
+            "bench_kernels_gpu.py needs a CUDA device; none found (torch.cuda.is_available() is False). "
+            "The kernels' CPU verification (Triton interpreter) is `pytest tests/kernels`.",
+            file=sys.stderr,
+        )
         return 2
     print(json.dumps(bench(args)))
     return 0

@@ -2,9 +2,9 @@
 """Triton kernels of the Helix backend (GPU path) and their torch references, as `vllm_helix.kernels`.
 
 Submodules (one op each): `partial_attention` (Triton paged partial decode attention, split-KV, O + LSE),
-`cpu_decode_attention` (the same op as native CPU code, built by `cpu_build` from `csrc/`), `combine` (the Helix
-LSE combine), `mla_partial_attention` (absorbed-MLA decode), and `dispatch` (the one table that picks Triton on
-CUDA, native code on CPU, torch references otherwise).
+`cpu_decode_attention` (the same op as native CPU code, built by `cpu_build` from `csrc/`), `combine` (the
+Helix LSE combine), `mla_partial_attention` (absorbed-MLA decode), and `dispatch` (the one table that picks
+Triton on CUDA, native code on CPU, torch references otherwise).
 Importing this package does not import Triton; the submodules load on first attribute access.
 """
 
@@ -15,8 +15,14 @@ import importlib
 
 __all__ = ["triton_available"]  # submodules load lazily through __getattr__
 
-_SUBMODULES = ("partial_attention", "cpu_decode_attention", "cpu_build", "combine", "mla_partial_attention",
-               "dispatch")
+_SUBMODULES = (
+    "partial_attention",
+    "cpu_decode_attention",
+    "cpu_build",
+    "combine",
+    "mla_partial_attention",
+    "dispatch",
+)
 
 
 @functools.cache

@@ -27,7 +27,7 @@ _TILE_ELEMS = 4096  # BLOCK_KVP · BLOCK_D per loaded tile, bounds registers per
 def _combine_kernel(
     PartialO,  # (KVP, T, H, D)
     PartialLse,  # (KVP, T, H) fp32
-    O,  # (T, H, D)
+    Out,  # (T, H, D)
     Lse,  # (T, H) fp32
     kvp,
     stride_pk,
@@ -69,7 +69,7 @@ def _combine_kernel(
         mask = mask_k[:, None] & mask_d[None, :]
         o = tl.load(base + offs_d[None, :], mask=mask, other=0.0)  # (BLOCK_KVP, BLOCK_D)
         out = tl.sum(w[:, None] * o.to(tl.float32), axis=0)
-        tl.store(O + tok * stride_ot + head * stride_oh + offs_d, out.to(O.dtype.element_ty), mask=mask_d)
+        tl.store(Out + tok * stride_ot + head * stride_oh + offs_d, out.to(Out.dtype.element_ty), mask=mask_d)
 
 
 def combine(
@@ -95,20 +95,25 @@ def combine(
     op = "combine"
     device = check_launch_device(op, partial_out, partial_lse)
     if partial_out.dim() != 4 or tuple(partial_lse.shape) != tuple(partial_out.shape[:3]):
-        raise ValueError(f"{op}: expected partial_out (KVP,T,H,D) and partial_lse (KVP,T,H); got "
-                         f"{tuple(partial_out.shape)} and {tuple(partial_lse.shape)}")
+        raise ValueError(
+            f"{op}: expected partial_out (KVP,T,H,D) and partial_lse (KVP,T,H); got "
+            f"{tuple(partial_out.shape)} and {tuple(partial_lse.shape)}"
+        )
     kvp, tokens, heads, dim = partial_out.shape
     if not 1 <= kvp <= MAX_KVP:
         raise ValueError(f"{op}: kvp must be in [1, {MAX_KVP}], got {kvp}")
     if partial_out.dtype not in _FLOAT_DTYPES or partial_lse.dtype != torch.float32:
-        raise ValueError(f"{op}: partial_out must be one of {_FLOAT_DTYPES} and partial_lse float32, got "
-                         f"{partial_out.dtype} / {partial_lse.dtype}")
+        raise ValueError(
+            f"{op}: partial_out must be one of {_FLOAT_DTYPES} and partial_lse float32, got "
+            f"{partial_out.dtype} / {partial_lse.dtype}"
+        )
     out_dtype = out_dtype or partial_out.dtype
     if out_dtype not in _FLOAT_DTYPES:
         raise ValueError(f"{op}: out_dtype must be one of {_FLOAT_DTYPES}, got {out_dtype}")
     if partial_out.stride(3) != 1:
-        raise ValueError(f"{op}: partial_out must be contiguous in its last dim, got strides "
-                         f"{partial_out.stride()}")
+        raise ValueError(
+            f"{op}: partial_out must be contiguous in its last dim, got strides {partial_out.stride()}"
+        )
 
     out = torch.empty(tokens, heads, dim, dtype=out_dtype, device=device)
     lse = torch.empty(tokens, heads, dtype=torch.float32, device=device)

@@ -3,8 +3,8 @@
 
 The ops are compiled against the installed torch with `torch.utils.cpp_extension.load` (gcc + ninja), once per
 machine: the README's setup step (`vllm-helix setup-cpu`) builds them, later loads reuse the cached library
-(torch rebuilds it only when a source changes). Each ISA build (generic, AVX2, AVX-512) is compiled into the same
-library through `#pragma GCC target`, and the op picks the best one the CPU has at run time.
+(torch rebuilds it only when a source changes). Each ISA build (generic, AVX2, AVX-512) is compiled into the
+same library through `#pragma GCC target`, and the op picks the best one the CPU has at run time.
 
 If the build fails (no compiler, no ninja, …) the Helix backend falls back to the torch path: `status()` says
 why, the worker logs it once and `/helix/status` shows it.
@@ -41,11 +41,18 @@ def load() -> str | None:
     try:
         from torch.utils.cpp_extension import load as cpp_load
 
-        cpp_load(name=EXTENSION_NAME, sources=[str(s) for s in sources()], extra_cflags=["-O3"],
-                 is_python_module=False, verbose=False)
+        cpp_load(
+            name=EXTENSION_NAME,
+            sources=[str(s) for s in sources()],
+            extra_cflags=["-O3"],
+            is_python_module=False,
+            verbose=False,
+        )
         torch.ops.helix_cpu.decode_attention  # noqa: B018 - raises if registration did not happen
     except Exception as exc:  # noqa: BLE001 - any build/load failure means: use the torch path
-        reason = f"native CPU ops unavailable ({type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]})"
+        reason = (
+            f"native CPU ops unavailable ({type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]})"
+        )
         logger.warning("vllm-helix: %s; using the torch attention path", reason)
         return reason
     return None

@@ -6,7 +6,8 @@ the op writes into out (T, h, D), in place, with fp32 accumulation:
 
     M = max_i LSE_i,    O = Σ_i exp(LSE_i − M) · O_i / Σ_i exp(LSE_i − M)     (O = 0 when every LSE_i = −inf)
 
-`combine_packed_reference` is the torch path (`vllm_helix.exchange.combine_received`), the reference of the tests.
+`combine_packed_reference` is the torch path (`vllm_helix.exchange.combine_received`), the reference of the
+tests.
 """
 
 from __future__ import annotations
@@ -19,8 +20,13 @@ __all__ = ["combine_packed", "combine_packed_reference", "supports"]
 
 
 def supports(recv: torch.Tensor, out: torch.Tensor) -> bool:
-    return (recv.device.type == "cpu" and recv.dtype == out.dtype and recv.dtype in (torch.float32, torch.bfloat16)
-            and recv.is_contiguous() and out.stride(-1) == 1)
+    return (
+        recv.device.type == "cpu"
+        and recv.dtype == out.dtype
+        and recv.dtype in (torch.float32, torch.bfloat16)
+        and recv.is_contiguous()
+        and out.stride(-1) == 1
+    )
 
 
 def combine_packed(recv: torch.Tensor, out: torch.Tensor) -> None:

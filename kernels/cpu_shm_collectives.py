@@ -2,17 +2,19 @@
 """Collectives over shared memory between the ranks of one machine (`torch.ops.helix_cpu.shm_all_to_all`,
 `shm_all_reduce`; kernels/csrc/shm_collectives_op.cpp).
 
-`ShmGroup(group, …)` maps one region per process group (created by the group's first rank under /dev/shm, opened by
-the others, unlinked as soon as all have mapped it, so nothing is left behind even if a rank dies). Each call is one
-round, so every peer must issue the same collectives in the same order (true of a TP or KVP group):
+`ShmGroup(group, …)` maps one region per process group (created by the group's first rank under /dev/shm,
+opened by the others, unlinked as soon as all have mapped it, so nothing is left behind even if a rank dies).
+Each call is one round, so every peer must issue the same collectives in the same order (true of a TP or KVP
+group):
 
-- `all_to_all(send)` / calling the group: send (P, …) — chunk j for peer j — → recv (P, …), recv[r] = chunk `rank`
-  of peer r's send: the Helix KVP exchange (`vllm_helix.exchange`), one copy in and one copy out;
-- `all_reduce(x)`: x ← Σ over peers, in place, summed in peer order in fp32 (the same bits on every peer): the TP
-  group's all-reduce in the Helix worker where vLLM has no shared-memory one.
+- `all_to_all(send)` / calling the group: send (P, …) — chunk j for peer j — → recv (P, …), recv[r] = chunk
+  `rank` of peer r's send: the Helix KVP exchange (`vllm_helix.exchange`), one copy in and one copy out;
+- `all_reduce(x)`: x ← Σ over peers, in place, summed in peer order in fp32 (the same bits on every peer): the
+  TP group's all-reduce in the Helix worker where vLLM has no shared-memory one.
 
-Waiting is spin → yield → futex sleep. A message larger than a slot is not sent (None / False): the caller uses gloo.
-`all_to_all_reference` is the torch.distributed all-to-all with the same contract (the reference of the tests).
+Waiting is spin → yield → futex sleep. A message larger than a slot is not sent (None / False): the caller
+uses gloo. `all_to_all_reference` is the torch.distributed all-to-all with the same contract (the reference of
+the tests).
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from vllm_helix.kernels import cpu_build
 
 __all__ = ["ShmGroup", "all_to_all_reference", "DEFAULT_SLOT_BYTES"]
 
-DEFAULT_SLOT_BYTES = 8 << 20     # per rank and buffer; decode exchanges are KBs, large prefill chunks go over gloo
+DEFAULT_SLOT_BYTES = (
+    8 << 20
+)  # per rank and buffer; decode exchanges are KBs, large prefill chunks go over gloo
 _HEADER_LINE = 64
 TIMEOUT_ENV, SPINS_ENV = "VLLM_HELIX_SHM_TIMEOUT_S", "VLLM_HELIX_SHM_SPINS"
 
@@ -36,8 +40,13 @@ TIMEOUT_ENV, SPINS_ENV = "VLLM_HELIX_SHM_TIMEOUT_S", "VLLM_HELIX_SHM_SPINS"
 class ShmGroup:
     """Synchronous collectives over shared memory for one process group (see the module docstring)."""
 
-    def __init__(self, group: dist.ProcessGroup, group_ranks: list[int], rank_in_group: int,
-                 slot_bytes: int = DEFAULT_SLOT_BYTES) -> None:
+    def __init__(
+        self,
+        group: dist.ProcessGroup,
+        group_ranks: list[int],
+        rank_in_group: int,
+        slot_bytes: int = DEFAULT_SLOT_BYTES,
+    ) -> None:
         reason = cpu_build.load()
         if reason is not None:
             raise RuntimeError(reason)
@@ -76,18 +85,28 @@ class ShmGroup:
         if not self.fits(send):
             return None
         self.seq += 1
-        return torch.ops.helix_cpu.shm_all_to_all(self.region, send.contiguous(), self.rank, self.world, self.seq,
-                                                  self.slot_bytes, self.timeout_s, self.spins)
+        return torch.ops.helix_cpu.shm_all_to_all(
+            self.region,
+            send.contiguous(),
+            self.rank,
+            self.world,
+            self.seq,
+            self.slot_bytes,
+            self.timeout_s,
+            self.spins,
+        )
 
     __call__ = all_to_all  # the `local_exchange` of vllm_helix.exchange.send_packed
 
     def all_reduce(self, x: torch.Tensor) -> bool:
-        """x ← Σ over peers, in place (contiguous fp32 / bf16). False, with x untouched, if it cannot go here."""
+        """x ← Σ over peers, in place (contiguous fp32 / bf16). False, with x untouched, if it cannot go
+        here."""
         if not (self.fits(x) and x.is_contiguous() and x.dtype in (torch.float32, torch.bfloat16)):
             return False
         self.seq += 1
-        torch.ops.helix_cpu.shm_all_reduce(self.region, x, self.rank, self.world, self.seq, self.slot_bytes,
-                                           self.timeout_s, self.spins)
+        torch.ops.helix_cpu.shm_all_reduce(
+            self.region, x, self.rank, self.world, self.seq, self.slot_bytes, self.timeout_s, self.spins
+        )
         return True
 
 

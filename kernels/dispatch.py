@@ -10,8 +10,8 @@
 
 `force` (a call argument, the `helix.kernels` knob) wins over the environment variable. "auto" also falls back
 to torch when Triton is not importable. The native ops cover decode attention; the combine and MLA decode have
-no native op, so "native" runs their torch references. Kernel modules are imported lazily, so a CPU-only install
-without Triton works and tests can monkeypatch `_is_cuda` and the launchers.
+no native op, so "native" runs their torch references. Kernel modules are imported lazily, so a CPU-only
+install without Triton works and tests can monkeypatch `_is_cuda` and the launchers.
 """
 
 from __future__ import annotations
@@ -23,8 +23,16 @@ import torch
 
 from vllm_helix.kernels import triton_available
 
-__all__ = ["ENV_VAR", "select_impl", "describe", "decode_attention", "decode_attention_packed", "combine",
-           "combine_packed", "mla_decode_attention"]
+__all__ = [
+    "ENV_VAR",
+    "select_impl",
+    "describe",
+    "decode_attention",
+    "decode_attention_packed",
+    "combine",
+    "combine_packed",
+    "mla_decode_attention",
+]
 
 ENV_VAR = "VLLM_HELIX_KERNELS"
 _MODES = ("auto", "native", "triton", "torch")
@@ -45,7 +53,8 @@ def _native_unavailable() -> str | None:
 def select_impl(device: torch.device | str, force: str | None = None) -> Impl:
     """Return "native", "triton" or "torch" for tensors on `device`.
 
-    `force` (else $VLLM_HELIX_KERNELS) is "auto", "native", "triton" or "torch"; see the module docstring's table.
+    `force` (else $VLLM_HELIX_KERNELS) is "auto", "native", "triton" or "torch"; see the module docstring's
+    table.
     """
     mode = (force if force is not None else os.environ.get(ENV_VAR, "auto")).strip().lower() or "auto"
     if mode not in _MODES:
@@ -55,15 +64,19 @@ def select_impl(device: torch.device | str, force: str | None = None) -> Impl:
         return "torch"
     if mode == "native":
         if _is_cuda(device):
-            raise RuntimeError(f"{ENV_VAR}/force=native: the native ops are CPU ops; use auto or triton on CUDA")
+            raise RuntimeError(
+                f"{ENV_VAR}/force=native: the native ops are CPU ops; use auto or triton on CUDA"
+            )
         reason = _native_unavailable()
         if reason is not None:
             raise RuntimeError(f"{ENV_VAR}/force=native but {reason}; set {ENV_VAR}=torch or fix the build")
         return "native"
     if mode == "triton":
         if not triton_available():
-            raise RuntimeError(f"{ENV_VAR}/force=triton but Triton is not importable; install the CUDA build "
-                               f"or set {ENV_VAR}=torch")
+            raise RuntimeError(
+                f"{ENV_VAR}/force=triton but Triton is not importable; install the CUDA build "
+                f"or set {ENV_VAR}=torch"
+            )
         return "triton"
     if _is_cuda(device):
         return "triton" if triton_available() else "torch"
@@ -120,16 +133,21 @@ def decode_attention_packed(
     *,
     force: str | None = None,
 ) -> torch.Tensor:
-    """Partial decode attention in the exchange's send layout (KVP, num_seqs, heads/KVP, v_dim + e): written there
-    directly by the native op, else computed and packed (`vllm_helix.exchange.pack_partials`)."""
+    """Partial decode attention in the exchange's send layout (KVP, num_seqs, heads/KVP, v_dim + e): written
+    there directly by the native op, else computed and packed (`vllm_helix.exchange.pack_partials`)."""
     from vllm_helix.kernels import cpu_decode_attention
 
-    if select_impl(query.device, force) == "native" and cpu_decode_attention.supports(query, key_cache, value_cache):
-        return cpu_decode_attention.partial_decode_attention_packed(query, key_cache, value_cache, block_table,
-                                                                    local_seq_lens, scale, kvp)
+    if select_impl(query.device, force) == "native" and cpu_decode_attention.supports(
+        query, key_cache, value_cache
+    ):
+        return cpu_decode_attention.partial_decode_attention_packed(
+            query, key_cache, value_cache, block_table, local_seq_lens, scale, kvp
+        )
     from vllm_helix.exchange import pack_partials
 
-    out, lse = decode_attention(query, key_cache, value_cache, block_table, local_seq_lens, scale, force=force)
+    out, lse = decode_attention(
+        query, key_cache, value_cache, block_table, local_seq_lens, scale, force=force
+    )
     return pack_partials(out, lse, kvp)
 
 

@@ -126,8 +126,10 @@ def _as_latent_cache(op: str, kv_cache: torch.Tensor) -> torch.Tensor:
     if kv_cache.dim() == 4 and kv_cache.shape[2] == 1:
         return kv_cache.squeeze(2)
     if kv_cache.dim() != 3:
-        raise ValueError(f"{op}: kv_cache must be (num_blocks, block_size, kv_lora_rank + rope_dim), "
-                         f"got {tuple(kv_cache.shape)}")
+        raise ValueError(
+            f"{op}: kv_cache must be (num_blocks, block_size, kv_lora_rank + rope_dim), "
+            f"got {tuple(kv_cache.shape)}"
+        )
     return kv_cache
 
 
@@ -163,19 +165,26 @@ def mla_partial_decode_attention(
     kv_cache = _as_latent_cache(op, kv_cache)
     device = check_launch_device(op, q_nope, q_pe, kv_cache, block_table, local_seq_lens)
     if q_nope.dim() != 3 or q_pe.dim() != 3 or q_pe.shape[:2] != q_nope.shape[:2]:
-        raise ValueError(f"{op}: expected q_nope (S,H,C) and q_pe (S,H,R), got {tuple(q_nope.shape)} and "
-                         f"{tuple(q_pe.shape)}")
+        raise ValueError(
+            f"{op}: expected q_nope (S,H,C) and q_pe (S,H,R), got {tuple(q_nope.shape)} and "
+            f"{tuple(q_pe.shape)}"
+        )
     num_seqs, heads, lora_rank = q_nope.shape
     rope_dim = q_pe.shape[2]
     if kv_cache.shape[2] != lora_rank + rope_dim:
-        raise ValueError(f"{op}: kv_cache last dim {kv_cache.shape[2]} != kv_lora_rank {lora_rank} "
-                         f"+ rope_dim {rope_dim}")
+        raise ValueError(
+            f"{op}: kv_cache last dim {kv_cache.shape[2]} != kv_lora_rank {lora_rank} + rope_dim {rope_dim}"
+        )
     if q_nope.dtype not in _FLOAT_DTYPES or q_pe.dtype != q_nope.dtype or kv_cache.dtype != q_nope.dtype:
-        raise ValueError(f"{op}: q_nope/q_pe/kv_cache must share one of {_FLOAT_DTYPES}, got "
-                         f"{q_nope.dtype}/{q_pe.dtype}/{kv_cache.dtype}")
+        raise ValueError(
+            f"{op}: q_nope/q_pe/kv_cache must share one of {_FLOAT_DTYPES}, got "
+            f"{q_nope.dtype}/{q_pe.dtype}/{kv_cache.dtype}"
+        )
     if q_nope.stride(2) != 1 or q_pe.stride(2) != 1 or kv_cache.stride(2) != 1:
-        raise ValueError(f"{op}: last dims must be contiguous; strides q_nope {q_nope.stride()}, "
-                         f"q_pe {q_pe.stride()}, kv_cache {kv_cache.stride()}")
+        raise ValueError(
+            f"{op}: last dims must be contiguous; strides q_nope {q_nope.stride()}, "
+            f"q_pe {q_pe.stride()}, kv_cache {kv_cache.stride()}"
+        )
     _check_common(op, block_table, local_seq_lens, num_seqs)
 
     block_h = 16  # tl.dot needs M >= 16; MLA decode has few (TP-sharded) heads

@@ -136,7 +136,7 @@ def _partial_decode_attention_kernel(
 def _split_reduce_kernel(
     MidO,  # (S, H, NUM_SPLITS, DV) fp32
     MidLse,  # (S, H, NUM_SPLITS) fp32
-    O,  # (S, H, DV)
+    Out,  # (S, H, DV)
     Lse,  # (S, H) fp32
     stride_mos,
     stride_moh,
@@ -171,7 +171,7 @@ def _split_reduce_kernel(
     nonempty = total > 0.0
     total_safe = tl.where(nonempty, total, 1.0)  # all splits empty: O = 0 (w = 0), LSE = −inf
     out = tl.sum(w[:, None] * o, axis=0) / total_safe
-    tl.store(O + seq * stride_os + head * stride_oh + offs_dv, out.to(O.dtype.element_ty), mask=mask_dv)
+    tl.store(Out + seq * stride_os + head * stride_oh + offs_dv, out.to(Out.dtype.element_ty), mask=mask_dv)
     tl.store(Lse + seq * stride_ls + head, tl.where(nonempty, m_safe + tl.log(total_safe), float("-inf")))
 
 
@@ -220,14 +220,19 @@ def default_num_splits(device: torch.device, programs: int) -> int:
 
 def _check_common(op: str, block_table: torch.Tensor, local_seq_lens: torch.Tensor, num_seqs: int) -> None:
     if block_table.dim() != 2 or block_table.shape[0] != num_seqs or block_table.dtype not in _INT_DTYPES:
-        raise ValueError(f"{op}: block_table must be ({num_seqs}, max_blocks) int32/int64, got "
-                         f"{tuple(block_table.shape)} {block_table.dtype}")
+        raise ValueError(
+            f"{op}: block_table must be ({num_seqs}, max_blocks) int32/int64, got "
+            f"{tuple(block_table.shape)} {block_table.dtype}"
+        )
     if block_table.stride(1) != 1:
-        raise ValueError(f"{op}: block_table must be contiguous in its last dim, got strides "
-                         f"{block_table.stride()}")
+        raise ValueError(
+            f"{op}: block_table must be contiguous in its last dim, got strides {block_table.stride()}"
+        )
     if tuple(local_seq_lens.shape) != (num_seqs,) or local_seq_lens.dtype not in _INT_DTYPES:
-        raise ValueError(f"{op}: local_seq_lens must be ({num_seqs},) int32/int64, got "
-                         f"{tuple(local_seq_lens.shape)} {local_seq_lens.dtype}")
+        raise ValueError(
+            f"{op}: local_seq_lens must be ({num_seqs},) int32/int64, got "
+            f"{tuple(local_seq_lens.shape)} {local_seq_lens.dtype}"
+        )
 
 
 def _check_splits(op: str, num_splits: int) -> None:
@@ -266,22 +271,30 @@ def partial_decode_attention(
     op = "partial_decode_attention"
     device = check_launch_device(op, query, key_cache, value_cache, block_table, local_seq_lens)
     if query.dim() != 3 or key_cache.dim() != 4 or value_cache.dim() != 4:
-        raise ValueError(f"{op}: expected query (S,H,D) and caches (NB,BS,KVH,D); got {tuple(query.shape)}, "
-                         f"{tuple(key_cache.shape)}, {tuple(value_cache.shape)}")
+        raise ValueError(
+            f"{op}: expected query (S,H,D) and caches (NB,BS,KVH,D); got {tuple(query.shape)}, "
+            f"{tuple(key_cache.shape)}, {tuple(value_cache.shape)}"
+        )
     num_seqs, heads, head_dim = query.shape
     num_blocks, block_size, kv_heads, k_dim = key_cache.shape
     v_dim = value_cache.shape[3]
     if k_dim != head_dim or tuple(value_cache.shape[:3]) != (num_blocks, block_size, kv_heads):
-        raise ValueError(f"{op}: cache shapes {tuple(key_cache.shape)} / {tuple(value_cache.shape)} do not "
-                         f"match query {tuple(query.shape)}")
+        raise ValueError(
+            f"{op}: cache shapes {tuple(key_cache.shape)} / {tuple(value_cache.shape)} do not "
+            f"match query {tuple(query.shape)}"
+        )
     if kv_heads == 0 or heads % kv_heads != 0:
         raise ValueError(f"{op}: heads ({heads}) must be a multiple of kv_heads ({kv_heads})")
     if query.dtype not in _FLOAT_DTYPES or key_cache.dtype != query.dtype or value_cache.dtype != query.dtype:
-        raise ValueError(f"{op}: query/key_cache/value_cache must share one of {_FLOAT_DTYPES}, got "
-                         f"{query.dtype}/{key_cache.dtype}/{value_cache.dtype}")
+        raise ValueError(
+            f"{op}: query/key_cache/value_cache must share one of {_FLOAT_DTYPES}, got "
+            f"{query.dtype}/{key_cache.dtype}/{value_cache.dtype}"
+        )
     if query.stride(2) != 1 or key_cache.stride(3) != 1 or value_cache.stride(3) != 1:
-        raise ValueError(f"{op}: last dims must be contiguous; strides q {query.stride()}, "
-                         f"k {key_cache.stride()}, v {value_cache.stride()}")
+        raise ValueError(
+            f"{op}: last dims must be contiguous; strides q {query.stride()}, "
+            f"k {key_cache.stride()}, v {value_cache.stride()}"
+        )
     _check_common(op, block_table, local_seq_lens, num_seqs)
 
     group = heads // kv_heads

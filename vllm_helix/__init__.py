@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """vllm-helix: Helix Parallelism (KV-parallel attention, tensor-parallel FFN) for stock vLLM 0.32.0.
 
-`vllm serve MODEL --worker-cls vllm_helix.Worker -tp N -dcp KVP` — `Worker` is imported lazily so that the pure
-core (grid, sharding, combine, planner) and the vLLM plugin entry point stay cheap to import.
+`vllm serve MODEL --worker-cls vllm_helix.Worker -tp N -dcp KVP` — `Worker` is imported lazily so that the
+pure core (grid, sharding, combine, planner) and the vLLM plugin entry point stay cheap to import.
 """
 
 __version__ = "0.1.0"
@@ -12,8 +12,9 @@ __version__ = "0.1.0"
 import os as _os
 
 _checkout = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
-if (not _os.path.isdir(_os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "kernels"))
-        and _os.path.isfile(_os.path.join(_checkout, "kernels", "_triton.py"))):
+if not _os.path.isdir(
+    _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "kernels")
+) and _os.path.isfile(_os.path.join(_checkout, "kernels", "_triton.py")):
     __path__.append(_checkout)
 
 

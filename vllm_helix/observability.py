@@ -42,12 +42,24 @@ def _gauges():
         from prometheus_client import Gauge
 
         _GAUGES = {
-            "kv_blocks": Gauge("vllm_helix_kv_blocks_in_use", "Paged KV blocks written on this Helix rank",
-                               ["rank", "kvp_index", "tpa_index"], multiprocess_mode="livemax"),
-            "kv_tokens": Gauge("vllm_helix_kv_tokens", "Tokens whose KV this Helix rank holds",
-                               ["rank", "kvp_index", "tpa_index"], multiprocess_mode="livemax"),
-            "exchange": Gauge("vllm_helix_exchange_seconds", "Seconds spent in the Helix KVP exchange",
-                              ["rank", "kvp_index", "tpa_index"], multiprocess_mode="livemax"),
+            "kv_blocks": Gauge(
+                "vllm_helix_kv_blocks_in_use",
+                "Paged KV blocks written on this Helix rank",
+                ["rank", "kvp_index", "tpa_index"],
+                multiprocess_mode="livemax",
+            ),
+            "kv_tokens": Gauge(
+                "vllm_helix_kv_tokens",
+                "Tokens whose KV this Helix rank holds",
+                ["rank", "kvp_index", "tpa_index"],
+                multiprocess_mode="livemax",
+            ),
+            "exchange": Gauge(
+                "vllm_helix_exchange_seconds",
+                "Seconds spent in the Helix KVP exchange",
+                ["rank", "kvp_index", "tpa_index"],
+                multiprocess_mode="livemax",
+            ),
         }
     return _GAUGES
 
@@ -108,7 +120,8 @@ def serves_helix_status(app: FastAPI, supported_tasks) -> bool:
     args = getattr(app.state, "args", None)
     tasks = set(supported_tasks or ())
     return is_helix_worker(getattr(args, "worker_cls", None)) and bool(
-        tasks & set(HelixStatusPlugin.required_tasks))
+        tasks & set(HelixStatusPlugin.required_tasks)
+    )
 
 
 def _with_helix_status(original):

@@ -1,25 +1,27 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The only patches of vLLM 0.32 that Helix needs — each a no-op unless `--worker-cls vllm_helix.Worker` is used.
+"""The only patches of vLLM 0.32 that Helix needs — each a no-op unless `--worker-cls vllm_helix.Worker` is
+used.
 
-Applied by the `vllm.general_plugins` entry point (`vllm_helix.plugin.register`) in every vLLM process (vLLM loads
-general plugins in `EngineArgs.__post_init__`, before any config is built), so they act in the API / engine-config
-process *before* any worker is spawned. Every check is `vllm_helix.validation.validate_setup`; the wrappers only copy
-vLLM's values into a `HelixSetup`:
+Applied by the `vllm.general_plugins` entry point (`vllm_helix.plugin.register`) in every vLLM process (vLLM
+loads general plugins in `EngineArgs.__post_init__`, before any config is built), so they act in the API /
+engine-config process *before* any worker is spawned. Every check is `vllm_helix.validation.validate_setup`;
+the wrappers only copy vLLM's values into a `HelixSetup`:
 
 1. `vllm.engine.arg_utils.EngineArgs.create_engine_config` — checks the raw arguments first (grid arithmetic,
-   PP / DP / PCP, KV cache dtype, block size and interleave as given, `--additional-config`), before vLLM's own
-   `ParallelConfig` validation, so `-tp 4 -dcp 3` gets Helix's message with what works.
+   PP / DP / PCP, KV cache dtype, block size and interleave as given, `--additional-config`), before vLLM's
+   own `ParallelConfig` validation, so `-tp 4 -dcp 3` gets Helix's message with what works.
 2. `vllm.config.vllm.VllmConfig.__post_init__` — checks the model (heads vs grid, architecture, MLA, sliding
-   window, soft-cap, ALiBi, quantization, runner, model impl) before vLLM's own checks, and after them the block
-   size the platform chose against the interleave.
+   window, soft-cap, ALiBi, quantization, runner, model impl) before vLLM's own checks, and after them the
+   block size the platform chose against the interleave.
 3. `vllm.config.model.ModelConfig.verify_with_parallel_config` — vLLM's DCP only allows `-dcp` ≤ TP / KV heads
    (its query all-gather design needs TPA ≥ K). Helix computes Q, K, V per TPA shard itself, so for the Helix
    worker the original runs with DCP hidden (every other check still runs) after Helix's grid check.
-4. `vllm.distributed.device_communicators.cpu_communicator._CPUSHMDistributed._init_cpu_shm` (CPU only, and only
-   in a Helix worker process): vLLM's CPU shared-memory all-reduce leaves its `/dev/shm/<ident>-tp:0-[...]-cpushm_<r>`
-   segments behind on every exit (graceful or a killed rank). Once every rank has joined (the original ends with a
-   barrier) the names are no longer needed — the mappings stay valid — so Helix unlinks them right away and nothing
-   is left in /dev/shm whatever way the server ends.
+4. `vllm.distributed.device_communicators.cpu_communicator._CPUSHMDistributed._init_cpu_shm` (CPU only, and
+   only in a Helix worker process): vLLM's CPU shared-memory all-reduce leaves its
+   `/dev/shm/<ident>-tp:0-[...]-cpushm_<r>`
+   segments behind on every exit (graceful or a killed rank). Once every rank has joined (the original ends
+   with a barrier) the names are no longer needed — the mappings stay valid — so Helix unlinks them right away
+   and nothing is left in /dev/shm whatever way the server ends.
 """
 
 from __future__ import annotations
@@ -49,40 +51,64 @@ def setup_from_engine_args(args) -> HelixSetup:
     """What `EngineArgs` says before any config exists (the model is not read)."""
     quantization = args.quantization if isinstance(args.quantization, str) else None
     return HelixSetup(
-        tensor_parallel_size=args.tensor_parallel_size, decode_context_parallel_size=args.decode_context_parallel_size,
-        pipeline_parallel_size=args.pipeline_parallel_size, data_parallel_size=args.data_parallel_size,
-        prefill_context_parallel_size=args.prefill_context_parallel_size, block_size=args.block_size,
-        interleave=args.cp_kv_cache_interleave_size, kv_cache_dtype=str(args.kv_cache_dtype),
-        quantization=quantization, model_impl=str(getattr(args.model_impl, "value", args.model_impl)),
-        additional_config=args.additional_config, **_common())
+        tensor_parallel_size=args.tensor_parallel_size,
+        decode_context_parallel_size=args.decode_context_parallel_size,
+        pipeline_parallel_size=args.pipeline_parallel_size,
+        data_parallel_size=args.data_parallel_size,
+        prefill_context_parallel_size=args.prefill_context_parallel_size,
+        block_size=args.block_size,
+        interleave=args.cp_kv_cache_interleave_size,
+        kv_cache_dtype=str(args.kv_cache_dtype),
+        quantization=quantization,
+        model_impl=str(getattr(args.model_impl, "value", args.model_impl)),
+        additional_config=args.additional_config,
+        **_common(),
+    )
 
 
 def setup_from_vllm_config(config, *, final_block_size: bool) -> HelixSetup:
-    """What a built `VllmConfig` says. The block size counts once the user or the platform has fixed it: the CPU
-    platform does in `check_and_update_config` (inside `VllmConfig.__post_init__`); CUDA only in the workers."""
+    """What a built `VllmConfig` says. The block size counts once the user or the platform has fixed it: the
+    CPU platform does in `check_and_update_config` (inside `VllmConfig.__post_init__`); CUDA only in the
+    workers."""
     mc, pc, cc = config.model_config, config.parallel_config, config.cache_config
     text = mc.hf_text_config
     fixed = cc.user_specified_block_size or (final_block_size and _device() == "cpu")
     block = cc.block_size if fixed and isinstance(cc.block_size, int) else None
     return HelixSetup(
-        tensor_parallel_size=pc.tensor_parallel_size, decode_context_parallel_size=pc.decode_context_parallel_size,
-        pipeline_parallel_size=pc.pipeline_parallel_size, data_parallel_size=pc.data_parallel_size,
+        tensor_parallel_size=pc.tensor_parallel_size,
+        decode_context_parallel_size=pc.decode_context_parallel_size,
+        pipeline_parallel_size=pc.pipeline_parallel_size,
+        data_parallel_size=pc.data_parallel_size,
         prefill_context_parallel_size=pc.prefill_context_parallel_size,
-        num_heads=mc.model_arch_config.total_num_attention_heads, num_kv_heads=mc.get_total_num_kv_heads(),
-        architectures=tuple(mc.architectures or ()), use_mla=bool(mc.use_mla), block_size=block,
-        interleave=pc.cp_kv_cache_interleave_size, kv_cache_dtype=str(cc.cache_dtype),
-        sliding_window=mc.get_sliding_window(), attn_softcap=getattr(text, "attn_logit_softcapping", None),
-        alibi=bool(mc.uses_alibi), quantization=mc.quantization, runner_type=mc.runner_type,
-        model_impl=str(getattr(mc.model_impl, "value", mc.model_impl)), additional_config=config.additional_config,
-        **_common())
+        num_heads=mc.model_arch_config.total_num_attention_heads,
+        num_kv_heads=mc.get_total_num_kv_heads(),
+        architectures=tuple(mc.architectures or ()),
+        use_mla=bool(mc.use_mla),
+        block_size=block,
+        interleave=pc.cp_kv_cache_interleave_size,
+        kv_cache_dtype=str(cc.cache_dtype),
+        sliding_window=mc.get_sliding_window(),
+        attn_softcap=getattr(text, "attn_logit_softcapping", None),
+        alibi=bool(mc.uses_alibi),
+        quantization=mc.quantization,
+        runner_type=mc.runner_type,
+        model_impl=str(getattr(mc.model_impl, "value", mc.model_impl)),
+        additional_config=config.additional_config,
+        **_common(),
+    )
 
 
 def _with_model_heads(args, setup: HelixSetup) -> HelixSetup:
-    """`setup` plus the model's head counts when its config can be read (best effort: only to improve the hint)."""
+    """`setup` plus the model's head counts when its config can be read (best effort: only to improve the
+    hint)."""
     try:
         mc = args.create_model_config()
-        return dataclasses.replace(setup, num_heads=mc.model_arch_config.total_num_attention_heads,
-                                   num_kv_heads=mc.get_total_num_kv_heads(), use_mla=bool(mc.use_mla))
+        return dataclasses.replace(
+            setup,
+            num_heads=mc.model_arch_config.total_num_attention_heads,
+            num_kv_heads=mc.get_total_num_kv_heads(),
+            use_mla=bool(mc.use_mla),
+        )
     except Exception:  # noqa: BLE001 — the model-free message is still right
         return setup
 
@@ -104,8 +130,11 @@ def _helix_vllm_config_post_init(original):
     @functools.wraps(original)
     def __post_init__(self, *args, **kwargs):
         mc = self.model_config
-        checked = (is_helix_worker(getattr(self.parallel_config, "worker_cls", None)) and mc is not None
-                   and not getattr(mc, "is_submodel_config", False))
+        checked = (
+            is_helix_worker(getattr(self.parallel_config, "worker_cls", None))
+            and mc is not None
+            and not getattr(mc, "is_submodel_config", False)
+        )
         if checked:
             validate_setup(setup_from_vllm_config(self, final_block_size=False))
         result = original(self, *args, **kwargs)
@@ -123,13 +152,19 @@ def _helix_verify_with_parallel_config(original):
         if not is_helix_worker(getattr(parallel_config, "worker_cls", None)):
             return original(self, parallel_config, *args, **kwargs)
         dcp = parallel_config.decode_context_parallel_size
-        validate_setup(HelixSetup(
-            tensor_parallel_size=parallel_config.tensor_parallel_size, decode_context_parallel_size=dcp,
-            pipeline_parallel_size=parallel_config.pipeline_parallel_size,
-            data_parallel_size=parallel_config.data_parallel_size,
-            prefill_context_parallel_size=parallel_config.prefill_context_parallel_size,
-            num_heads=self.model_arch_config.total_num_attention_heads, num_kv_heads=self.get_total_num_kv_heads(),
-            use_mla=bool(self.use_mla), **_common()))
+        validate_setup(
+            HelixSetup(
+                tensor_parallel_size=parallel_config.tensor_parallel_size,
+                decode_context_parallel_size=dcp,
+                pipeline_parallel_size=parallel_config.pipeline_parallel_size,
+                data_parallel_size=parallel_config.data_parallel_size,
+                prefill_context_parallel_size=parallel_config.prefill_context_parallel_size,
+                num_heads=self.model_arch_config.total_num_attention_heads,
+                num_kv_heads=self.get_total_num_kv_heads(),
+                use_mla=bool(self.use_mla),
+                **_common(),
+            )
+        )
         object.__setattr__(parallel_config, "decode_context_parallel_size", 1)
         try:
             return original(self, parallel_config, *args, **kwargs)
@@ -159,7 +194,7 @@ def unlink_shm_segments(group_name: str, shm_dir: str = "/dev/shm") -> list[str]
     removed = []
     with contextlib.suppress(OSError):
         for name in os.listdir(shm_dir):
-            if name.startswith(group_name + "_") and name[len(group_name) + 1:].isdigit():
+            if name.startswith(group_name + "_") and name[len(group_name) + 1 :].isdigit():
                 with contextlib.suppress(FileNotFoundError):  # a peer rank may have removed it first
                     os.unlink(os.path.join(shm_dir, name))
                     removed.append(name)
@@ -177,7 +212,8 @@ def apply() -> None:
 
     if not getattr(ModelConfig.verify_with_parallel_config, "__helix_patched__", False):
         ModelConfig.verify_with_parallel_config = _helix_verify_with_parallel_config(
-            ModelConfig.verify_with_parallel_config)
+            ModelConfig.verify_with_parallel_config
+        )
     if not getattr(VllmConfig.__post_init__, "__helix_patched__", False):
         VllmConfig.__post_init__ = _helix_vllm_config_post_init(VllmConfig.__post_init__)
     if not getattr(EngineArgs.create_engine_config, "__helix_patched__", False):
@@ -186,6 +222,8 @@ def apply() -> None:
         from vllm.distributed.device_communicators.cpu_communicator import _CPUSHMDistributed
     except ImportError:  # another vLLM layout: nothing to tidy
         _CPUSHMDistributed = None
-    if _CPUSHMDistributed is not None and not getattr(_CPUSHMDistributed._init_cpu_shm, "__helix_patched__", False):
+    if _CPUSHMDistributed is not None and not getattr(
+        _CPUSHMDistributed._init_cpu_shm, "__helix_patched__", False
+    ):
         _CPUSHMDistributed._init_cpu_shm = _helix_init_cpu_shm(_CPUSHMDistributed._init_cpu_shm)
     _APPLIED = True

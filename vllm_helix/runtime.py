@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Per-process Helix state, set once by `vllm_helix.Worker` and read by the attention backend and model surgery."""
+"""Per-process Helix state, set once by `vllm_helix.Worker` and read by the attention backend and model
+surgery."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ class HelixStats:
     exchange_seconds: float = 0.0
     exchanges: int = 0
     attention_seconds: float = 0.0
-    all_reduce_seconds: float = 0.0   # TP all-reduces over Helix's shared memory, waiting for peers included
+    all_reduce_seconds: float = 0.0  # TP all-reduces over Helix's shared memory, waiting for peers included
     all_reduces: int = 0
 
 
@@ -26,14 +27,16 @@ class HelixRuntime:
     grid: HelixGrid
     rank: int
     config: HelixConfig
-    kvp_group: Any = None          # torch.distributed ProcessGroup of this rank's KVP peers
-    tpa_coordinator: Any = None    # vLLM GroupCoordinator of this rank's TPA peers
-    kvp_exchange: Any = None       # ShmGroup: synchronous all-to-all over shared memory (CPU), or None
-    shm_all_reduce: bool = False   # the TP group's all-reduce runs over Helix's shared memory (CPU, no vLLM shm)
-    interleave: int = 1            # tokens per round-robin unit (= block size by default)
+    kvp_group: Any = None  # torch.distributed ProcessGroup of this rank's KVP peers
+    tpa_coordinator: Any = None  # vLLM GroupCoordinator of this rank's TPA peers
+    kvp_exchange: Any = None  # ShmGroup: synchronous all-to-all over shared memory (CPU), or None
+    shm_all_reduce: bool = (
+        False  # the TP group's all-reduce runs over Helix's shared memory (CPU, no vLLM shm)
+    )
+    interleave: int = 1  # tokens per round-robin unit (= block size by default)
     stats: HelixStats = field(default_factory=HelixStats)
-    tracked_layer: str | None = None   # the first attention layer: its KV writes measure per-rank KV use
-    slots_used: Any = None             # (num_blocks · block_size,) bool: slots of tracked_layer written so far
+    tracked_layer: str | None = None  # the first attention layer: its KV writes measure per-rank KV use
+    slots_used: Any = None  # (num_blocks · block_size,) bool: slots of tracked_layer written so far
     block_size: int = 0
 
     def track_kv_write(self, layer_name: str, slots, num_slots: int, block_size: int) -> None:
@@ -78,7 +81,9 @@ def set_runtime(runtime: HelixRuntime | None) -> None:
 
 def get_runtime() -> HelixRuntime:
     if _RUNTIME is None:
-        raise RuntimeError("Helix is not active in this process: start vLLM with --worker-cls vllm_helix.Worker")
+        raise RuntimeError(
+            "Helix is not active in this process: start vLLM with --worker-cls vllm_helix.Worker"
+        )
     return _RUNTIME
 
 

@@ -1,14 +1,17 @@
 # SPDX-License-Identifier: Apache-2.0
-"""`vllm_helix.Worker`: the platform's own vLLM 0.32 worker (CPUWorker on CPU, the GPU Worker on CUDA) plus Helix.
+"""`vllm_helix.Worker`: the platform's own vLLM 0.32 worker (CPUWorker on CPU, the GPU Worker on CUDA) plus
+Helix.
 
 Overrides two hooks and adds two RPC methods:
 - `__init__`: reads and validates the Helix config, sets block-granular round-robin placement
-  (`cp_kv_cache_interleave_size = block_size` unless the user chose another), installs the Helix attention backend,
-  the model re-sharding and (on CPU) the context-parallel slot mapping — all in this worker process only, and only
-  when there is KV to shard (KVP > 1) or the model is MLA; at KVP = 1 vLLM's own attention is the Helix result.
-- `init_device`: after vLLM's groups exist, reuses the DCP group (consecutive ranks) as the KVP group and builds the
-  TPA groups (equal kvp index) with `init_model_parallel_group`; on CPU also the shared-memory exchange over the KVP
-  ranks (`_shm_exchange`).
+  (`cp_kv_cache_interleave_size = block_size` unless the user chose another), installs the Helix attention
+  backend, the model re-sharding and (on CPU) the context-parallel slot mapping — all in this worker process
+  only, and only when there is KV to shard (KVP > 1) or the model is MLA; at KVP = 1 vLLM's own attention is
+  the Helix result.
+- `init_device`: after vLLM's groups exist, reuses the DCP group (consecutive ranks) as the KVP group and
+  builds the
+  TPA groups (equal kvp index) with `init_model_parallel_group`; on CPU also the shared-memory exchange over
+  the KVP ranks (`_shm_exchange`).
 - `helix_status()` / `helix_reset_stats()`: per-rank grid position, KV use and exchange time, for
   `collective_rpc` (tests, `/helix/status`, metrics).
 """
@@ -43,13 +46,17 @@ def _install_backend(vllm_config) -> None:
     mc, pc = vllm_config.model_config, vllm_config.parallel_config
     from vllm_helix.validation import attention_path_problem  # the pre-spawn check asks the same function
 
-    problem = attention_path_problem("cpu" if current_platform.is_cpu() else "cuda",
-                                     bool(getattr(mc, "use_mla", False)), tuple(mc.architectures or ()))
+    problem = attention_path_problem(
+        "cpu" if current_platform.is_cpu() else "cuda",
+        bool(getattr(mc, "use_mla", False)),
+        tuple(mc.architectures or ()),
+    )
     if problem:
         raise HelixConfigError(problem)
     if current_platform.is_cpu() and getattr(mc, "use_mla", False):
         # MLA (DeepSeek V2/V3): vLLM's own MLA + DCP flow with a CPU impl that returns the LSE, any dims
-        # (vllm_helix.attention.mla); replicated query projection over the KVP group instead of a q all-gather.
+        # (vllm_helix.attention.mla); replicated query projection over the KVP group instead of a q
+        # all-gather.
         register_backend(AttentionBackendEnum.CPU_MLA, "vllm_helix.attention.mla.HelixMLABackend")
         if pc.decode_context_parallel_size > 1 and not pc.dcp_q_replicate:
             pc.dcp_q_replicate = True
@@ -57,7 +64,8 @@ def _install_backend(vllm_config) -> None:
         if mc.is_moe and pc.enable_expert_parallel:
             from vllm_helix.moe import install_cpu_expert_parallel
 
-            install_cpu_expert_parallel()  # vLLM's CPU experts ignore expert_map (segfault); see vllm_helix.moe
+            # vLLM's CPU experts ignore expert_map (segfault); see vllm_helix.moe
+            install_cpu_expert_parallel()
     elif current_platform.is_cpu():
         register_backend(AttentionBackendEnum.CPU_ATTN, BACKEND_PATH)  # CPU ignores --attention-backend
     else:
@@ -87,7 +95,9 @@ def weight_bytes_by_module(model: torch.nn.Module, dtype_bytes: int) -> dict[str
     buffers that are not parameters any more."""
     sizes = {}
     for name, module in model.named_modules():
-        rows, cols = (getattr(module, a, None) for a in ("output_size_per_partition", "input_size_per_partition"))
+        rows, cols = (
+            getattr(module, a, None) for a in ("output_size_per_partition", "input_size_per_partition")
+        )
         if rows is not None and cols is not None:
             sizes[name] = rows * cols * dtype_bytes
         else:
@@ -98,9 +108,10 @@ def weight_bytes_by_module(model: torch.nn.Module, dtype_bytes: int) -> dict[str
 
 
 def _shm_exchange(rt, vllm_config):
-    """The native shared-memory all-to-all over this rank's KVP group (`vllm_helix.kernels.cpu_shm_collectives`), or
-    None (then gloo carries the exchange). Its slot holds one step's largest exchange: max_num_batched_tokens
-    tokens × this rank's heads × (head size + LSE), in fp32 at most; larger messages go over gloo."""
+    """The native shared-memory all-to-all over this rank's KVP group
+    (`vllm_helix.kernels.cpu_shm_collectives`), or None (then gloo carries the exchange). Its slot holds one
+    step's largest exchange: max_num_batched_tokens tokens × this rank's heads × (head size + LSE), in fp32 at
+    most; larger messages go over gloo."""
     from vllm_helix.kernels.cpu_shm_collectives import DEFAULT_SLOT_BYTES, ShmGroup
 
     mc = vllm_config.model_config
@@ -112,21 +123,25 @@ def _shm_exchange(rt, vllm_config):
         exchange = ShmGroup(rt.kvp_group, rt.grid.kvp_group(rt.tpa_rank), rt.kvp_rank, slot_bytes=slot)
     except (RuntimeError, OSError) as exc:
         if rt.config.exchange == "shm":
-            raise RuntimeError(f"helix.exchange=shm: the shared-memory exchange is unavailable ({exc}); use "
-                               '"auto" or "gloo"') from exc
+            raise RuntimeError(
+                f'helix.exchange=shm: the shared-memory exchange is unavailable ({exc}); use "auto" or "gloo"'
+            ) from exc
         logger.warning("Helix: shared-memory exchange unavailable (%s); the KVP exchange uses gloo", exc)
         return None
     if rt.rank == 0:
-        logger.info("Helix: KVP exchange over shared memory (%d MiB slots; HOP-B slices: gloo async)", slot >> 20)
+        logger.info(
+            "Helix: KVP exchange over shared memory (%d MiB slots; HOP-B slices: gloo async)", slot >> 20
+        )
     return exchange
 
 
 class _SharedMemoryAllReduce:
-    """Stands in for `torch.distributed` as vLLM 0.32's `CpuCommunicator.dist_module` of the Helix worker's TP group
-    (that attribute is where vLLM plugs its own shared-memory ops, `_CPUSHMDistributed`, when its build has them):
-    a synchronous sum all-reduce of fp32/bf16 goes over Helix's shared memory (`ShmGroup.all_reduce`), everything
-    else — and any message that does not fit — to torch.distributed (gloo) unchanged. Under torch.compile the call
-    is the opaque op `vllm_helix::tp_all_reduce` (like vLLM's `_C.shm_allreduce`), so the graph holds no Python."""
+    """Stands in for `torch.distributed` as vLLM 0.32's `CpuCommunicator.dist_module` of the Helix worker's TP
+    group (that attribute is where vLLM plugs its own shared-memory ops, `_CPUSHMDistributed`, when its build
+    has them): a synchronous sum all-reduce of fp32/bf16 goes over Helix's shared memory
+    (`ShmGroup.all_reduce`), everything else — and any message that does not fit — to torch.distributed (gloo)
+    unchanged. Under torch.compile the call is the opaque op `vllm_helix::tp_all_reduce` (like vLLM's
+    `_C.shm_allreduce`), so the graph holds no Python."""
 
     def __init__(self, shm, stats, group) -> None:
         global _TP_ALL_REDUCE
@@ -149,7 +164,11 @@ class _SharedMemoryAllReduce:
         import torch.distributed as dist
 
         # vLLM calls this only with its TP device group (`CpuCommunicator.all_reduce`): `group` is that group.
-        if (op is None or op == dist.ReduceOp.SUM) and not async_op and tensor.dtype in (torch.float32, torch.bfloat16):
+        if (
+            (op is None or op == dist.ReduceOp.SUM)
+            and not async_op
+            and tensor.dtype in (torch.float32, torch.bfloat16)
+        ):
             if torch.compiler.is_compiling():
                 torch.ops.vllm_helix.tp_all_reduce(tensor)
             else:
@@ -163,7 +182,8 @@ class _SharedMemoryAllReduce:
         return getattr(dist, name)
 
 
-_TP_ALL_REDUCE: _SharedMemoryAllReduce | None = None  # this process's installed all-reduce (one TP group per worker)
+# this process's installed all-reduce (one TP group per worker)
+_TP_ALL_REDUCE: _SharedMemoryAllReduce | None = None
 
 
 @torch.library.custom_op("vllm_helix::tp_all_reduce", mutates_args=("tensor",))
@@ -178,9 +198,9 @@ def _(tensor: torch.Tensor) -> None:
 
 
 def _shm_tp_all_reduce(rt, vllm_config) -> bool:
-    """On CPU, where vLLM's TP group all-reduce falls back to gloo (its build lacks the shared-memory ops, e.g. the
-    AVX2 build), route it over Helix's shared memory instead: two all-reduces per layer sit on every step's
-    critical path. Returns whether it was installed."""
+    """On CPU, where vLLM's TP group all-reduce falls back to gloo (its build lacks the shared-memory ops,
+    e.g. the AVX2 build), route it over Helix's shared memory instead: two all-reduces per layer sit on every
+    step's critical path. Returns whether it was installed."""
     import torch.distributed as dist
     from vllm.distributed import parallel_state as ps
 
@@ -196,12 +216,18 @@ def _shm_tp_all_reduce(rt, vllm_config) -> bool:
     try:
         shm = ShmGroup(tp.cpu_group, list(tp.ranks), tp.rank_in_group, slot_bytes=slot)
     except (RuntimeError, OSError) as exc:
-        logger.warning("Helix: shared-memory TP all-reduce unavailable (%s); vLLM's gloo all-reduce stays", exc)
+        logger.warning(
+            "Helix: shared-memory TP all-reduce unavailable (%s); vLLM's gloo all-reduce stays", exc
+        )
         return False
-    communicator.dist_module = _SharedMemoryAllReduce(shm, lambda: get_runtime().stats, communicator.device_group)
+    communicator.dist_module = _SharedMemoryAllReduce(
+        shm, lambda: get_runtime().stats, communicator.device_group
+    )
     if rt.rank == 0:
-        logger.info("Helix: TP all-reduce over shared memory (vLLM's CPU build has none here; %d MiB slots)",
-                    slot >> 20)
+        logger.info(
+            "Helix: TP all-reduce over shared memory (vLLM's CPU build has none here; %d MiB slots)",
+            slot >> 20,
+        )
     return True
 
 
@@ -225,17 +251,30 @@ def _kv_elements_per_slot(model, kv_heads_per_rank: int) -> int:
 
 
 class Worker(_PlatformWorker):
-    def __init__(self, vllm_config, local_rank: int, rank: int, distributed_init_method: str,
-                 is_driver_worker: bool = False) -> None:
+    def __init__(
+        self,
+        vllm_config,
+        local_rank: int,
+        rank: int,
+        distributed_init_method: str,
+        is_driver_worker: bool = False,
+    ) -> None:
         super().__init__(vllm_config, local_rank, rank, distributed_init_method, is_driver_worker)
         pc, cc, mc = vllm_config.parallel_config, vllm_config.cache_config, vllm_config.model_config
         kv_heads = 1 if mc.use_mla else mc.get_total_num_kv_heads()  # MLA: one latent "head" [c | k_pe]
-        grid = HelixGrid(pc.tensor_parallel_size, pc.decode_context_parallel_size,
-                         mc.model_arch_config.total_num_attention_heads, kv_heads, cc.block_size)
+        grid = HelixGrid(
+            pc.tensor_parallel_size,
+            pc.decode_context_parallel_size,
+            mc.model_arch_config.total_num_attention_heads,
+            kv_heads,
+            cc.block_size,
+        )
         if grid.kvp > 1 and pc.cp_kv_cache_interleave_size == 1:
             pc.cp_kv_cache_interleave_size = cc.block_size  # Helix: round-robin by paged block
         config = HelixConfig.from_additional_config(vllm_config.additional_config)
-        set_runtime(HelixRuntime(grid=grid, rank=rank, config=config, interleave=pc.cp_kv_cache_interleave_size))
+        set_runtime(
+            HelixRuntime(grid=grid, rank=rank, config=config, interleave=pc.cp_kv_cache_interleave_size)
+        )
         self.helix_attention = grid.kvp > 1 or bool(mc.use_mla)
         if self.helix_attention:
             _install_backend(vllm_config)
@@ -244,12 +283,20 @@ class Worker(_PlatformWorker):
 
             register_helix_models(list(mc.architectures or []))
         elif rank == 0:
-            # KVP = 1 is plain TP = N: no KV to shard, nothing to exchange. vLLM's own attention (C++ kernel, its
-            # layout) is then exactly the Helix result, so the worker leaves attention and the model untouched.
+            # KVP = 1 is plain TP = N: no KV to shard, nothing to exchange. vLLM's own attention (C++ kernel,
+            # its layout) is then exactly the Helix result, so the worker leaves attention and the model
+            # untouched.
             logger.info("Helix: KVP = 1 (-dcp 1): nothing to shard or exchange; using vLLM's own attention")
         if rank == 0:
-            logger.info("Helix active: N=%d = KVP %d x TPA %d, block %d, interleave %d, %s", grid.world_size,
-                        grid.kvp, grid.tpa, cc.block_size, pc.cp_kv_cache_interleave_size, config)
+            logger.info(
+                "Helix active: N=%d = KVP %d x TPA %d, block %d, interleave %d, %s",
+                grid.world_size,
+                grid.kvp,
+                grid.tpa,
+                cc.block_size,
+                pc.cp_kv_cache_interleave_size,
+                config,
+            )
         if self.helix_attention and not mc.use_mla and rank == 0:
             logger.info("Helix decode attention: %s", _decode_kernel(config))
 
@@ -264,8 +311,12 @@ class Worker(_PlatformWorker):
             raise RuntimeError(f"vLLM's DCP group {dcp.ranks} is not the Helix KVP group {expected}")
         rt.kvp_group = dcp.device_group
         rt.tpa_coordinator = ps.init_model_parallel_group(
-            rt.grid.tpa_groups(), self.local_rank, current_platform.dist_backend,
-            use_device_communicator=False, group_name="helix_tpa")
+            rt.grid.tpa_groups(),
+            self.local_rank,
+            current_platform.dist_backend,
+            use_device_communicator=False,
+            group_name="helix_tpa",
+        )
         if rt.grid.kvp > 1 and current_platform.is_cpu() and rt.config.exchange != "gloo":
             rt.kvp_exchange = _shm_exchange(rt, self.vllm_config)
             rt.shm_all_reduce = _shm_tp_all_reduce(rt, self.vllm_config)
@@ -280,27 +331,49 @@ class Worker(_PlatformWorker):
         kv_bytes = slots * _kv_elements_per_slot(model, rt.grid.kv_heads_per_tpa_rank) * dtype_bytes
         weights = weight_bytes_by_module(model, dtype_bytes)
         qkv_bytes = sum(b for name, b in weights.items() if name.endswith("qkv_proj"))
-        blocks = int(rt.slots_used.view(-1, rt.block_size).any(dim=1).sum()) if rt.slots_used is not None else 0
-        grid = {"world_size": rt.grid.world_size, "kvp": rt.grid.kvp, "tpa": rt.grid.tpa,
-                "attention": "helix" if self.helix_attention else "vllm",
-                "exchange": "none" if rt.grid.kvp == 1 else ("shm" if rt.kvp_exchange else "gloo"),
-                "tp_all_reduce": "shm" if rt.shm_all_reduce else "vllm",
-                "num_heads": rt.grid.num_heads, "num_kv_heads": rt.grid.num_kv_heads,
-                "block_size": rt.block_size or self.cache_config.block_size, "interleave": rt.interleave,
-                "hop_b": rt.config.hop_b, "kernels": rt.config.kernels, "rank_table": rt.grid.rank_table(),
-                "decode_kernel": _decode_kernel(rt.config) if self.helix_attention else "vllm"}
-        return {"grid": grid, "rank": rt.rank, "tpa_index": t, "kvp_index": k, "kv_tokens": slots, "kv_blocks": blocks,
-                "block_size": rt.block_size, "exchange_seconds": rt.stats.exchange_seconds,
-                "exchanges": rt.stats.exchanges, "attention_seconds": rt.stats.attention_seconds,
-                "all_reduce_seconds": rt.stats.all_reduce_seconds, "all_reduces": rt.stats.all_reduces,
-                "kv_bytes": kv_bytes, "qkv_weight_bytes": qkv_bytes,
-                "weight_bytes": sum(weights.values())}
+        blocks = (
+            int(rt.slots_used.view(-1, rt.block_size).any(dim=1).sum()) if rt.slots_used is not None else 0
+        )
+        grid = {
+            "world_size": rt.grid.world_size,
+            "kvp": rt.grid.kvp,
+            "tpa": rt.grid.tpa,
+            "attention": "helix" if self.helix_attention else "vllm",
+            "exchange": "none" if rt.grid.kvp == 1 else ("shm" if rt.kvp_exchange else "gloo"),
+            "tp_all_reduce": "shm" if rt.shm_all_reduce else "vllm",
+            "num_heads": rt.grid.num_heads,
+            "num_kv_heads": rt.grid.num_kv_heads,
+            "block_size": rt.block_size or self.cache_config.block_size,
+            "interleave": rt.interleave,
+            "hop_b": rt.config.hop_b,
+            "kernels": rt.config.kernels,
+            "rank_table": rt.grid.rank_table(),
+            "decode_kernel": _decode_kernel(rt.config) if self.helix_attention else "vllm",
+        }
+        return {
+            "grid": grid,
+            "rank": rt.rank,
+            "tpa_index": t,
+            "kvp_index": k,
+            "kv_tokens": slots,
+            "kv_blocks": blocks,
+            "block_size": rt.block_size,
+            "exchange_seconds": rt.stats.exchange_seconds,
+            "exchanges": rt.stats.exchanges,
+            "attention_seconds": rt.stats.attention_seconds,
+            "all_reduce_seconds": rt.stats.all_reduce_seconds,
+            "all_reduces": rt.stats.all_reduces,
+            "kv_bytes": kv_bytes,
+            "qkv_weight_bytes": qkv_bytes,
+            "weight_bytes": sum(weights.values()),
+        }
 
     def helix_reset_stats(self) -> None:
         get_runtime().reset_stats()
 
     def helix_configure(self, **changes) -> dict:
-        """Change Helix knobs at run time (e.g. `hop_b`), validated like --additional-config. Returns the config."""
+        """Change Helix knobs at run time (e.g. `hop_b`), validated like --additional-config. Returns the
+        config."""
         rt = get_runtime()
         rt.config = HelixConfig(**{**dataclasses.asdict(rt.config), **changes})
         return dataclasses.asdict(rt.config)

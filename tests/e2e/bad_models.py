@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Tiny random checkpoints (no hub) that Helix must refuse before spawning: an unsupported architecture (GPT-2) and
-a supported one with sliding-window attention (Mistral). Idempotent; a few MB each."""
+"""Tiny random checkpoints (no hub) that Helix must refuse before spawning: an unsupported architecture
+(GPT-2) and a supported one with sliding-window attention (Mistral). Idempotent; a few MB each."""
 
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ def make_tiny_gpt2(path: Path) -> Path:
         return path
     import transformers
 
-    config = transformers.GPT2Config(vocab_size=512, n_positions=1024, n_embd=64, n_layer=2, n_head=4,
-                                    bos_token_id=0, eos_token_id=0)
+    config = transformers.GPT2Config(
+        vocab_size=512, n_positions=1024, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0
+    )
     return _save(transformers.GPT2LMHeadModel(config), path)
 
 
@@ -33,7 +34,15 @@ def make_tiny_mistral_sliding(path: Path, window: int = 64) -> Path:
         return path
     import transformers
 
-    config = transformers.MistralConfig(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                                        num_attention_heads=8, num_key_value_heads=2, head_dim=16,
-                                        max_position_embeddings=2048, sliding_window=window)
+    config = transformers.MistralConfig(
+        vocab_size=512,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=2048,
+        sliding_window=window,
+    )
     return _save(transformers.MistralForCausalLM(config), path)

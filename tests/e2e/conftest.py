@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Fixtures for end-to-end tests: tiny checkpoints, the embedded model, and cached stock-vLLM reference outputs."""
+"""Fixtures for end-to-end tests: tiny checkpoints, the embedded model, and cached stock-vLLM reference
+outputs."""
 
 from __future__ import annotations
 
@@ -39,8 +40,18 @@ def tiny_models(tmp_path_factory):
 
 
 def llm_args(model, tp=1, dcp=1, helix=False, block_size=BLOCK, additional_config=None, **extra) -> dict:
-    args = dict(model=str(model), tensor_parallel_size=tp, decode_context_parallel_size=dcp, dtype="float32",
-                enforce_eager=True, block_size=block_size, max_model_len=2048, max_num_seqs=8, seed=0, **extra)
+    args = dict(
+        model=str(model),
+        tensor_parallel_size=tp,
+        decode_context_parallel_size=dcp,
+        dtype="float32",
+        enforce_eager=True,
+        block_size=block_size,
+        max_model_len=2048,
+        max_num_seqs=8,
+        seed=0,
+        **extra,
+    )
     if helix:
         args["worker_cls"] = "vllm_helix.Worker"
     if additional_config is not None:
@@ -60,8 +71,9 @@ def stock_tokens():
     def get(model, prompts, max_tokens=NEW_TOKENS, **extra):
         key = (str(model), repr(prompts), max_tokens, repr(sorted(extra.items())))
         if key not in _STOCK_CACHE:
-            _STOCK_CACHE[key] = run_engine({"llm": llm_args(model, **extra), "prompts": prompts,
-                                            "max_tokens": max_tokens})["tokens"]
+            _STOCK_CACHE[key] = run_engine(
+                {"llm": llm_args(model, **extra), "prompts": prompts, "max_tokens": max_tokens}
+            )["tokens"]
         return _STOCK_CACHE[key]
 
     return get

@@ -4,8 +4,9 @@ TCP sockets its process tree really listens on.
 
 `serve_demo(args, extra)` runs `python -m vllm_helix.cli serve-demo --port P ARGS -- EXTRA` in its own process
 group (serve-demo execs `vllm serve`, so the PID stays the server's), waits for /health, yields a
-`tests.e2e.proc_tools.ServerHandle`, and on teardown stops the group by PID and removes only the /dev/shm files
-the group's processes had mapped or open. No `--host` is passed: the bind address is serve-demo's own default.
+`tests.e2e.proc_tools.ServerHandle`, and on teardown stops the group by PID and removes only the /dev/shm
+files the group's processes had mapped or open. No `--host` is passed: the bind address is serve-demo's own
+default.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from tests.e2e.proc_tools import SHM, ServerHandle, group_processes
 from tests.e2e.server import free_port, stop_process_group
 
 
-
 def is_loopback(ip: str) -> bool:
     """127.0.0.0/8, ::1 or an IPv4-mapped loopback address; 0.0.0.0 / :: (every interface) are not."""
     addr = ipaddress.ip_address(ip.split("%")[0])
@@ -34,15 +34,28 @@ def is_loopback(ip: str) -> bool:
 
 
 @contextlib.contextmanager
-def serve_demo(args: list[str], extra: list[str] | None = None, timeout: float = 420.0,
-               env_extra: dict | None = None):
+def serve_demo(
+    args: list[str], extra: list[str] | None = None, timeout: float = 420.0, env_extra: dict | None = None
+):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "VLLM_PLUGINS"}  # serve-demo's own default applies
     env.update({"PYTHONPATH": str(REPO), **(env_extra or {})})
-    cmd = [sys.executable, "-m", "vllm_helix.cli", "serve-demo", "--port", str(port), *args, "--", *(extra or [])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm_helix.cli",
+        "serve-demo",
+        "--port",
+        str(port),
+        *args,
+        "--",
+        *(extra or []),
+    ]
     log_path = REPO / f".pytest-serve-demo-{port}.log"
     log = open(log_path, "w")  # noqa: SIM115 — closed in finally
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     handle = ServerHandle(f"http://127.0.0.1:{port}", proc, log_path)
     handle.port = port
     try:

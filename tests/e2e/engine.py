@@ -1,11 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
 """Run a real vLLM engine in a child process (own process group, hard timeout, cleanup by PID).
 
-`run_engine(spec)` starts `python -m tests.e2e.engine` with a JSON spec, which builds `LLM(**spec["llm"])`, generates
-greedily for `spec["prompts"]` (token-id lists or strings), optionally collects `helix_status` from every worker, runs
-optional further `phases` on the same engine (each may first change Helix knobs via `helix_configure`; stats are
-reset before each), and prints one JSON line prefixed with RESULT. Keeping each engine in its own process keeps the test process clean and
-lets a stuck engine be killed as a whole.
+`run_engine(spec)` starts `python -m tests.e2e.engine` with a JSON spec, which builds `LLM(**spec["llm"])`,
+generates greedily for `spec["prompts"]` (token-id lists or strings), optionally collects `helix_status` from
+every worker, runs optional further `phases` on the same engine (each may first change Helix knobs via
+`helix_configure`; stats are reset before each), and prints one JSON line prefixed with RESULT. Keeping each
+engine in its own process keeps the test process clean and lets a stuck engine be killed as a whole.
 
 A phase may also name worker functions to run on every rank through `collective_rpc` just before
 (`"rpc_before"`) and just after (`"rpc_after"`) its generate call, as "module:function" strings (e.g.
@@ -35,15 +35,23 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_engine(spec: dict, timeout: float = 420.0, env_extra: dict | None = None,
-               log: list[str] | None = None) -> dict:
+def run_engine(
+    spec: dict, timeout: float = 420.0, env_extra: dict | None = None, log: list[str] | None = None
+) -> dict:
     """`log`, if given, receives the engine process's whole output (stdout and stderr)."""
     from vllm_helix.cpu_setup import cpu_env
 
     ranks = spec["llm"].get("tensor_parallel_size", 1)
     env = {**os.environ, **cpu_env(ranks), "PYTHONPATH": str(REPO), **(env_extra or {})}
-    proc = subprocess.Popen([sys.executable, "-m", "tests.e2e.engine", json.dumps(spec)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.e2e.engine", json.dumps(spec)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -57,7 +65,7 @@ def run_engine(spec: dict, timeout: float = 420.0, env_extra: dict | None = None
         log.append(out)
     for line in reversed(out.splitlines()):
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
+            return json.loads(line[len("RESULT ") :])
     raise AssertionError(f"engine failed (exit {proc.returncode}):\n{out[-6000:]}")
 
 
@@ -65,28 +73,43 @@ def attention_impl_classes(worker) -> list[str]:
     """Run inside a worker (collective_rpc): the attention impl class of every attention layer."""
     from vllm.model_executor.layers.attention import Attention
 
-    return sorted({f"{type(m.impl).__module__}.{type(m.impl).__name__}" for m in worker.model_runner.model.modules()
-                   if isinstance(m, Attention)})
+    return sorted(
+        {
+            f"{type(m.impl).__module__}.{type(m.impl).__name__}"
+            for m in worker.model_runner.model.modules()
+            if isinstance(m, Attention)
+        }
+    )
 
 
 def engine_state(worker) -> dict:
-    """Run inside a worker (collective_rpc, e.g. a phase's "rpc_after": "tests.e2e.engine:engine_state"): how this
-    rank's engine really runs — vLLM 0.32's `compilation_config.mode`/`backend` after the platform adjusted them
-    (CPU turns VLLM_COMPILE into DYNAMO_TRACE_ONCE + inductor), whether a `@support_torch_compile` module of the
-    model has run compiled (`.compiled`, set by vllm.compilation.decorators after the first compiled call),
-    the scheduler's token budget and prefix caching."""
+    """Run inside a worker (collective_rpc, e.g. a phase's "rpc_after": "tests.e2e.engine:engine_state"): how
+    this rank's engine really runs — vLLM 0.32's `compilation_config.mode`/`backend` after the platform
+    adjusted them (CPU turns VLLM_COMPILE into DYNAMO_TRACE_ONCE + inductor), whether a
+    `@support_torch_compile` module of the model has run compiled (`.compiled`, set by
+    vllm.compilation.decorators after the first compiled call), the scheduler's token budget and prefix
+    caching."""
     cfg = worker.vllm_config
-    compiled = sorted(name for name, m in worker.model_runner.model.named_modules()
-                      if getattr(m, "do_not_compile", True) is False and getattr(m, "compiled", False) is True)
-    return {"mode": cfg.compilation_config.mode.name, "backend": cfg.compilation_config.backend,
-            "compiled_modules": compiled, "enforce_eager": cfg.model_config.enforce_eager,
-            "max_num_batched_tokens": cfg.scheduler_config.max_num_batched_tokens,
-            "chunked_prefill": cfg.scheduler_config.enable_chunked_prefill,
-            "prefix_caching": cfg.cache_config.enable_prefix_caching, "block_size": cfg.cache_config.block_size}
+    compiled = sorted(
+        name
+        for name, m in worker.model_runner.model.named_modules()
+        if getattr(m, "do_not_compile", True) is False and getattr(m, "compiled", False) is True
+    )
+    return {
+        "mode": cfg.compilation_config.mode.name,
+        "backend": cfg.compilation_config.backend,
+        "compiled_modules": compiled,
+        "enforce_eager": cfg.model_config.enforce_eager,
+        "max_num_batched_tokens": cfg.scheduler_config.max_num_batched_tokens,
+        "chunked_prefill": cfg.scheduler_config.enable_chunked_prefill,
+        "prefix_caching": cfg.cache_config.enable_prefix_caching,
+        "block_size": cfg.cache_config.block_size,
+    }
 
 
 def _worker_fn(name: str):
-    """Import "module:function" (a function collective_rpc ships to the workers; they import it by reference)."""
+    """Import "module:function" (a function collective_rpc ships to the workers; they import it by
+    reference)."""
     import importlib
 
     module, _, attr = name.partition(":")
@@ -99,11 +122,19 @@ def _run_rpcs(llm, names: list[str], into: dict) -> None:
 
 
 def _logprobs(outputs: list, key: str) -> dict:
-    """{key: per request, per generated token, [[token_id, logprob], ...] best first}, or {} if not sampled."""
+    """{key: per request, per generated token, [[token_id, logprob], ...] best first}, or {} if not
+    sampled."""
     if not outputs or outputs[0].outputs[0].logprobs is None:
         return {}
-    return {key: [[sorted(([tid, lp.logprob] for tid, lp in step.items()), key=lambda e: -e[1])
-                   for step in o.outputs[0].logprobs] for o in outputs]}
+    return {
+        key: [
+            [
+                sorted(([tid, lp.logprob] for tid, lp in step.items()), key=lambda e: -e[1])
+                for step in o.outputs[0].logprobs
+            ]
+            for o in outputs
+        ]
+    }
 
 
 def _main(spec: dict) -> None:
@@ -111,31 +142,45 @@ def _main(spec: dict) -> None:
 
     llm = LLM(**spec["llm"])
     prompts = [{"prompt_token_ids": p} if isinstance(p, list) else p for p in spec["prompts"]]
-    params = SamplingParams(temperature=0, max_tokens=spec.get("max_tokens", 64),
-                            ignore_eos=spec.get("ignore_eos", True), logprobs=spec.get("logprobs"))
+    params = SamplingParams(
+        temperature=0,
+        max_tokens=spec.get("max_tokens", 64),
+        ignore_eos=spec.get("ignore_eos", True),
+        logprobs=spec.get("logprobs"),
+    )
     outputs = llm.generate(prompts, params, use_tqdm=False)
-    result = {"tokens": [list(o.outputs[0].token_ids) for o in outputs],
-              "texts": [o.outputs[0].text for o in outputs],
-              "num_cached_tokens": [o.num_cached_tokens for o in outputs], **_logprobs(outputs, "logprobs")}
+    result = {
+        "tokens": [list(o.outputs[0].token_ids) for o in outputs],
+        "texts": [o.outputs[0].text for o in outputs],
+        "num_cached_tokens": [o.num_cached_tokens for o in outputs],
+        **_logprobs(outputs, "logprobs"),
+    }
     if spec.get("chats"):
         chats = llm.chat(spec["chats"], params, use_tqdm=False)
-        result.update(chat_tokens=[list(o.outputs[0].token_ids) for o in chats],
-                      chat_texts=[o.outputs[0].text for o in chats],
-                      chat_prompt_ids=[list(o.prompt_token_ids) for o in chats],
-                      **_logprobs(chats, "chat_logprobs"))
+        result.update(
+            chat_tokens=[list(o.outputs[0].token_ids) for o in chats],
+            chat_texts=[o.outputs[0].text for o in chats],
+            chat_prompt_ids=[list(o.prompt_token_ids) for o in chats],
+            **_logprobs(chats, "chat_logprobs"),
+        )
     if spec.get("status"):
         result["status"] = llm.collective_rpc("helix_status")
     if spec.get("impl_classes"):
         result["impl_classes"] = llm.collective_rpc(attention_impl_classes)
-    for phase in spec.get("phases", []):  # further generate calls on the same engine, e.g. after a knob change
+    for phase in spec.get(
+        "phases", []
+    ):  # further generate calls on the same engine, e.g. after a knob change
         if "configure" in phase:
             llm.collective_rpc("helix_configure", kwargs=phase["configure"])
         if spec.get("status"):
             llm.collective_rpc("helix_reset_stats")
         entry: dict = {}
         _run_rpcs(llm, phase.get("rpc_before", []), entry)
-        out = llm.generate([{"prompt_token_ids": p} if isinstance(p, list) else p for p in phase["prompts"]],
-                           params, use_tqdm=False)
+        out = llm.generate(
+            [{"prompt_token_ids": p} if isinstance(p, list) else p for p in phase["prompts"]],
+            params,
+            use_tqdm=False,
+        )
         entry["tokens"] = [list(o.outputs[0].token_ids) for o in out]
         entry["num_cached_tokens"] = [o.num_cached_tokens for o in out]
         entry.update(_logprobs(out, "logprobs"))

@@ -25,7 +25,7 @@ Step = list[list]  # [[token_id, logprob], ...] best first
 
 def _token_id(token: str) -> int:
     assert token.startswith("token_id:"), token
-    return int(token[len("token_id:"):])
+    return int(token[len("token_id:") :])
 
 
 def openai_logprobs(logprobs: list[dict] | dict) -> tuple[list[int], list[Step]]:
@@ -35,8 +35,9 @@ def openai_logprobs(logprobs: list[dict] | dict) -> tuple[list[int], list[Step]]
     {"tokens", "top_logprobs": [{token: logprob}]} (that dict may also hold the sampled token)."""
     if isinstance(logprobs, list):  # chat
         tokens = [_token_id(entry["token"]) for entry in logprobs]
-        steps = [[[_token_id(alt["token"]), alt["logprob"]] for alt in entry["top_logprobs"]]
-                 for entry in logprobs]
+        steps = [
+            [[_token_id(alt["token"]), alt["logprob"]] for alt in entry["top_logprobs"]] for entry in logprobs
+        ]
     else:  # completion
         tokens = [_token_id(t) for t in logprobs["tokens"]]
         steps = [[[_token_id(t), lp] for t, lp in top.items()] for top in logprobs["top_logprobs"]]
@@ -46,15 +47,21 @@ def openai_logprobs(logprobs: list[dict] | dict) -> tuple[list[int], list[Step]]
 def first_divergence(tokens_a: list[int], tokens_b: list[int]) -> int | None:
     """The first index where both sequences have a token and the tokens differ; None if one is a prefix of
     the other (equal included)."""
-    for i, (a, b) in enumerate(zip(tokens_a, tokens_b)):
+    for i, (a, b) in enumerate(zip(tokens_a, tokens_b, strict=False)):
         if a != b:
             return i
     return None
 
 
-def assert_logprobs_close(tokens_a: list[int], logprobs_a: list[Step], tokens_b: list[int],
-                          logprobs_b: list[Step], name_a: str = "a", name_b: str = "b",
-                          top_k: int = 5) -> int | None:
+def assert_logprobs_close(
+    tokens_a: list[int],
+    logprobs_a: list[Step],
+    tokens_b: list[int],
+    logprobs_b: list[Step],
+    name_a: str = "a",
+    name_b: str = "b",
+    top_k: int = 5,
+) -> int | None:
     """Assert vLLM's low-precision closeness of one generation pair (module docstring); return the index
     where the greedy paths diverged (None: one is a prefix of the other)."""
     i = first_divergence(tokens_a, tokens_b)
@@ -62,8 +69,10 @@ def assert_logprobs_close(tokens_a: list[int], logprobs_a: list[Step], tokens_b:
         return None
     top_a = [t for t, _ in logprobs_a[i][:top_k]]
     top_b = [t for t, _ in logprobs_b[i][:top_k]]
-    msg = (f"greedy paths diverge at token {i}: {name_a} chose {tokens_a[i]} "
-           f"(top-{top_k} {logprobs_a[i][:top_k]}), {name_b} chose {tokens_b[i]} "
-           f"(top-{top_k} {logprobs_b[i][:top_k]}); common prefix {tokens_a[:i]}")
+    msg = (
+        f"greedy paths diverge at token {i}: {name_a} chose {tokens_a[i]} "
+        f"(top-{top_k} {logprobs_a[i][:top_k]}), {name_b} chose {tokens_b[i]} "
+        f"(top-{top_k} {logprobs_b[i][:top_k]}); common prefix {tokens_a[:i]}"
+    )
     assert tokens_a[i] in top_b and tokens_b[i] in top_a, msg
     return i

@@ -1,10 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
 """Process-group and shared-memory bookkeeping for the reliability tests (by PID / process group only).
 
-`tracked_server(...)` is `vllm serve` on 127.0.0.1 in its own process group, like `tests.e2e.server.vllm_server`,
-but it attributes /dev/shm files to the server: it records the files the group's processes have mapped or open
-(`snapshot()`), and on teardown reports what the group left behind (`leftover_shm`, `leftover_pids`) before removing
-exactly those — never files of other programs that happen to be created meanwhile.
+`tracked_server(...)` is `vllm serve` on 127.0.0.1 in its own process group, like
+`tests.e2e.server.vllm_server`, but it attributes /dev/shm files to the server: it records the files the
+group's processes have mapped or open (`snapshot()`), and on teardown reports what the group left behind
+(`leftover_shm`, `leftover_pids`) before removing exactly those — never files of other programs that happen to
+be created meanwhile.
 """
 
 from __future__ import annotations
@@ -60,13 +61,13 @@ def shm_files_of(pids: list[int]) -> set[str]:
             for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
                 parts = line.split(maxsplit=5)
                 if len(parts) == 6 and parts[5].startswith(SHM + "/"):
-                    names.add(parts[5][len(SHM) + 1:].removesuffix(" (deleted)"))
+                    names.add(parts[5][len(SHM) + 1 :].removesuffix(" (deleted)"))
         with contextlib.suppress(OSError):
             for fd in os.listdir(f"/proc/{pid}/fd"):
                 with contextlib.suppress(OSError):
                     target = os.readlink(f"/proc/{pid}/fd/{fd}")
                     if target.startswith(SHM + "/"):
-                        names.add(target[len(SHM) + 1:].removesuffix(" (deleted)"))
+                        names.add(target[len(SHM) + 1 :].removesuffix(" (deleted)"))
     return names
 
 
@@ -91,16 +92,35 @@ class ServerHandle:
 
 
 @contextlib.contextmanager
-def tracked_server(model: str, args: list[str], ranks: int, timeout: float = 300.0, env_extra: dict | None = None,
-                   health_headers: dict | None = None):
+def tracked_server(
+    model: str,
+    args: list[str],
+    ranks: int,
+    timeout: float = 300.0,
+    env_extra: dict | None = None,
+    health_headers: dict | None = None,
+):
     """Yield a `ServerHandle` for a healthy `vllm serve MODEL ARGS`; tear the whole group down afterwards."""
     from vllm_helix.cpu_setup import cpu_env
 
     port = free_port()
-    env = {**os.environ, **cpu_env(ranks), "PYTHONPATH": str(REPO), "VLLM_PLUGINS": "helix,helix_status",
-           **(env_extra or {})}
-    cmd = [str(Path(sys.executable).with_name("vllm")), "serve", model, "--host", "127.0.0.1", "--port", str(port),
-           *args]
+    env = {
+        **os.environ,
+        **cpu_env(ranks),
+        "PYTHONPATH": str(REPO),
+        "VLLM_PLUGINS": "helix,helix_status",
+        **(env_extra or {}),
+    }
+    cmd = [
+        str(Path(sys.executable).with_name("vllm")),
+        "serve",
+        model,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *args,
+    ]
     log_path = REPO / f".pytest-vllm-serve-{port}.log"
     log = open(log_path, "w")  # noqa: SIM115 — closed in finally
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -111,7 +131,10 @@ def tracked_server(model: str, args: list[str], ranks: int, timeout: float = 300
             if proc.poll() is not None:
                 raise AssertionError(f"vllm serve exited with {proc.returncode}:\n{handle.log_tail()}")
             with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{handle.base}/health", timeout=2, headers=health_headers).status_code == 200:
+                if (
+                    requests.get(f"{handle.base}/health", timeout=2, headers=health_headers).status_code
+                    == 200
+                ):
                     break
             if time.monotonic() > deadline:
                 raise AssertionError(f"vllm serve not healthy after {timeout}s:\n{handle.log_tail()}")

@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Start `vllm serve` on 127.0.0.1 for a test, wait for /health, and clean up by PID (process group + shm files)."""
+"""Start `vllm serve` on 127.0.0.1 for a test, wait for /health, and clean up by PID (process group + shm
+files)."""
 
 from __future__ import annotations
 
@@ -27,8 +28,14 @@ def _owned_shm_files(proc: subprocess.Popen) -> set[str]:
 
 
 @contextlib.contextmanager
-def vllm_server(model: str, args: list[str], ranks: int = 1, timeout: float = 300.0,
-                env_extra: dict | None = None, log_text: list[str] | None = None):
+def vllm_server(
+    model: str,
+    args: list[str],
+    ranks: int = 1,
+    timeout: float = 300.0,
+    env_extra: dict | None = None,
+    log_text: list[str] | None = None,
+):
     """Yield (base_url, process) of a running `vllm serve MODEL ARGS...`; always torn down afterwards. Without
     `VLLM_PLUGINS` (as a user runs it: the general plugin loads, and serves /helix/status for the Helix
     worker) unless `env_extra` sets it. `log_text`, if given, receives the server's whole output after

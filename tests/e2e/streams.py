@@ -17,19 +17,25 @@ class StreamResult:
     text: str = ""
     chunks: int = 0
     finish_reason: str | None = None
-    error: str | None = None       # an error event in the stream, an HTTP error or a broken connection
-    done: bool = False             # saw `data: [DONE]`
-    ended_at: float = 0.0          # time.monotonic() when the stream ended, however it ended
+    error: str | None = None  # an error event in the stream, an HTTP error or a broken connection
+    done: bool = False  # saw `data: [DONE]`
+    ended_at: float = 0.0  # time.monotonic() when the stream ended, however it ended
     first_chunk_at: float = 0.0
 
 
-def stream_completion(base: str, body: dict, headers: dict | None = None, read_timeout: float = 120.0,
-                      on_chunk=None) -> StreamResult:
+def stream_completion(
+    base: str, body: dict, headers: dict | None = None, read_timeout: float = 120.0, on_chunk=None
+) -> StreamResult:
     """POST /v1/completions with stream=True and return_token_ids; never raises."""
     result = StreamResult()
     try:
-        with requests.post(f"{base}/v1/completions", json={**body, "stream": True, "return_token_ids": True},
-                           headers=headers, stream=True, timeout=(10, read_timeout)) as resp:
+        with requests.post(
+            f"{base}/v1/completions",
+            json={**body, "stream": True, "return_token_ids": True},
+            headers=headers,
+            stream=True,
+            timeout=(10, read_timeout),
+        ) as resp:
             if resp.status_code != 200:
                 result.error = f"HTTP {resp.status_code}: {resp.text[:500]}"
                 return result
@@ -59,8 +65,9 @@ def stream_completion(base: str, body: dict, headers: dict | None = None, read_t
     return result
 
 
-def run_concurrently(base: str, bodies: list[dict], headers: dict | None = None,
-                     read_timeout: float = 120.0) -> list[StreamResult]:
+def run_concurrently(
+    base: str, bodies: list[dict], headers: dict | None = None, read_timeout: float = 120.0
+) -> list[StreamResult]:
     """All `bodies` as simultaneous streaming requests (one thread each); results in input order."""
     with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
         futures = [pool.submit(stream_completion, base, b, headers, read_timeout) for b in bodies]

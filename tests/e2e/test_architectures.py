@@ -45,8 +45,11 @@ def test_checkpoint_is_what_the_row_claims(tiny_models, name):
     if name == "qwen2":
         from safetensors.torch import load_file
 
-        biases = {k: t for k, t in load_file(str(path / "model.safetensors")).items()
-                  if k.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias"))}
+        biases = {
+            k: t
+            for k, t in load_file(str(path / "model.safetensors")).items()
+            if k.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias"))
+        }
         assert len(biases) == 3 * cfg["num_hidden_layers"]
         assert all(t.abs().min() > 0 for t in biases.values())
 
@@ -55,8 +58,14 @@ def test_checkpoint_is_what_the_row_claims(tiny_models, name):
 def test_architecture_at_tpa_below_kv_heads_matches_stock(tiny_models, stock_tokens, name):
     model = tiny_models[name]
     prompts = prompt_ids(50 + len(name), PROMPT_LENGTHS)
-    result = run_engine({"llm": llm_args(model, TP, KVP, helix=True), "prompts": prompts,
-                         "max_tokens": NEW_TOKENS, "status": True})
+    result = run_engine(
+        {
+            "llm": llm_args(model, TP, KVP, helix=True),
+            "prompts": prompts,
+            "max_tokens": NEW_TOKENS,
+            "status": True,
+        }
+    )
     assert result["tokens"] == stock_tokens(model, prompts)
     for st in result["status"]:  # Helix attention ran, on the grid stock vLLM refuses (TPA 1 < K)
         grid = st["grid"]

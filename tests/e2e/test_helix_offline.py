@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Offline `LLM(..., worker_cls="vllm_helix.Worker")`: greedy tokens identical to stock vLLM TP=1 (float32), with
-HOP-B on and off on the same engine, and each rank's KV share read back from the workers."""
+"""Offline `LLM(..., worker_cls="vllm_helix.Worker")`: greedy tokens identical to stock vLLM TP=1 (float32),
+with HOP-B on and off on the same engine, and each rank's KV share read back from the workers."""
 
 import pytest
 
@@ -22,16 +22,27 @@ def assert_kv_sharded(status: list[dict], total_tokens: int, kvp: int, tpa: int,
 
 
 def run_helix_vs_stock(model, tp, dcp, stock_tokens, seed, first_hop_b, exchange="auto", **extra):
-    """One Helix engine: batch (HOP-B `first_hop_b`), batch again with HOP-B flipped, then one long prompt alone.
-    `exchange`: the unsliced exchange's transport ("auto" = vLLM's CPU shared memory here)."""
+    """One Helix engine: batch (HOP-B `first_hop_b`), batch again with HOP-B flipped, then one long prompt
+    alone. `exchange`: the unsliced exchange's transport ("auto" = vLLM's CPU shared memory here)."""
     prompts = prompt_ids(seed, PROMPT_LENGTHS)
     long_prompt = prompt_ids(seed + 1, [777])[0]
     flipped = (not first_hop_b) if isinstance(first_hop_b, bool) else False
-    result = run_engine({
-        "llm": llm_args(model, tp, dcp, helix=True, additional_config={"helix": {"hop_b": first_hop_b, "exchange": exchange}},
-                        **extra),
-        "prompts": prompts, "max_tokens": NEW_TOKENS, "status": True,
-        "phases": [{"configure": {"hop_b": flipped}, "prompts": prompts}, {"prompts": [long_prompt]}]})
+    result = run_engine(
+        {
+            "llm": llm_args(
+                model,
+                tp,
+                dcp,
+                helix=True,
+                additional_config={"helix": {"hop_b": first_hop_b, "exchange": exchange}},
+                **extra,
+            ),
+            "prompts": prompts,
+            "max_tokens": NEW_TOKENS,
+            "status": True,
+            "phases": [{"configure": {"hop_b": flipped}, "prompts": prompts}, {"prompts": [long_prompt]}],
+        }
+    )
     expected = stock_tokens(model, prompts, **extra)
     assert result["tokens"] == expected, f"HOP-B {first_hop_b}"
     assert result["phases"][0]["tokens"] == expected, f"HOP-B {flipped}"
@@ -39,24 +50,37 @@ def run_helix_vs_stock(model, tp, dcp, stock_tokens, seed, first_hop_b, exchange
     assert long_phase["tokens"][0] == stock_tokens(model, [long_prompt], **extra)[0]
     # KV written for one long request = prompt + all generated tokens but the last
     assert_kv_sharded(long_phase["status"], len(long_prompt) + NEW_TOKENS - 1, dcp, tp // dcp)
-    assert {st["grid"]["exchange"] for st in long_phase["status"]} == {"gloo" if exchange == "gloo" else "shm"}
+    assert {st["grid"]["exchange"] for st in long_phase["status"]} == {
+        "gloo" if exchange == "gloo" else "shm"
+    }
     return result
 
 
-@pytest.mark.parametrize("model,tp,dcp,hop_b,exchange", [
-    ("mqa", 2, 2, "auto", "auto"),   # MQA (1 KV head), KVP 2 × TPA 1, shared-memory exchange
-    ("gqa2", 4, 2, True, "gloo"),    # 8 heads / 2 KV heads, KVP 2 × TPA 2 (TPA = K), gloo exchange
-])
+@pytest.mark.parametrize(
+    "model,tp,dcp,hop_b,exchange",
+    [
+        ("mqa", 2, 2, "auto", "auto"),  # MQA (1 KV head), KVP 2 × TPA 1, shared-memory exchange
+        ("gqa2", 4, 2, True, "gloo"),  # 8 heads / 2 KV heads, KVP 2 × TPA 2 (TPA = K), gloo exchange
+    ],
+)
 def test_greedy_tokens_match_stock(tiny_models, stock_tokens, model, tp, dcp, hop_b, exchange):
     run_helix_vs_stock(tiny_models[model], tp, dcp, stock_tokens, 10 + tp, hop_b, exchange)
 
 
 def test_kvp1_leaves_attention_to_vllm(tiny_models, stock_tokens):
-    """`-dcp 1` is plain TP = N: the Helix worker installs nothing in attention (vLLM's own backend and model);
-    tokens equal stock TP = 1 and `helix_status` says which attention ran."""
+    """`-dcp 1` is plain TP = N: the Helix worker installs nothing in attention (vLLM's own backend and
+    model); tokens equal stock TP = 1 and `helix_status` says which attention ran."""
     model = tiny_models["gqa2"]
     prompts = prompt_ids(31, PROMPT_LENGTHS)
-    result = run_engine({"llm": llm_args(model, 2, 1, helix=True), "prompts": prompts, "max_tokens": NEW_TOKENS,
-                         "status": True})
+    result = run_engine(
+        {
+            "llm": llm_args(model, 2, 1, helix=True),
+            "prompts": prompts,
+            "max_tokens": NEW_TOKENS,
+            "status": True,
+        }
+    )
     assert result["tokens"] == stock_tokens(model, prompts)
-    assert {(st["grid"]["attention"], st["grid"]["exchange"]) for st in result["status"]} == {("vllm", "none")}
+    assert {(st["grid"]["attention"], st["grid"]["exchange"]) for st in result["status"]} == {
+        ("vllm", "none")
+    }

@@ -40,6 +40,7 @@ SHM = "/dev/shm"
 
 # ---- quick checks: the switch -----------------------------------------------------------------------
 
+
 def test_platform_plugin_off_without_switch(monkeypatch):
     monkeypatch.delenv(ENV_SWITCH, raising=False)
     assert register() is None
@@ -66,6 +67,7 @@ def test_platform_plugin_registered_and_on_with_switch(monkeypatch):
 
 # ---- end to end -------------------------------------------------------------------------------------------
 
+
 def _actor_main() -> int:
     """The offline engine, inside the launcher actor (sys.argv = [name, engine spec JSON, output path])."""
     import ray
@@ -79,12 +81,19 @@ def _actor_main() -> int:
     params = SamplingParams(temperature=0, max_tokens=spec["max_tokens"], ignore_eos=True)
     outputs = llm.generate([{"prompt_token_ids": p} for p in spec["prompts"]], params, use_tqdm=False)
     # while the engine lives, its worker actors hold every logical GPU of the head (one per rank)
-    probe = {"platform": type(current_platform).__name__, "switch": os.environ.get(ENV_SWITCH),
-             "backend": llm.llm_engine.vllm_config.parallel_config.distributed_executor_backend,
-             "free_gpus": ray.available_resources().get("GPU", 0.0),
-             "node_ip": ray.util.get_node_ip_address()}
-    result = {"tokens": [list(o.outputs[0].token_ids) for o in outputs], "probe": probe,
-              "status": llm.collective_rpc("helix_status"), "engine_ready_s": ready}
+    probe = {
+        "platform": type(current_platform).__name__,
+        "switch": os.environ.get(ENV_SWITCH),
+        "backend": llm.llm_engine.vllm_config.parallel_config.distributed_executor_backend,
+        "free_gpus": ray.available_resources().get("GPU", 0.0),
+        "node_ip": ray.util.get_node_ip_address(),
+    }
+    result = {
+        "tokens": [list(o.outputs[0].token_ids) for o in outputs],
+        "probe": probe,
+        "status": llm.collective_rpc("helix_status"),
+        "engine_ready_s": ready,
+    }
     Path(out_path).write_text(json.dumps(result))
     del llm
     return 0
@@ -102,8 +111,14 @@ def _start_ray_head(tmp: str, attempts: int = 3) -> None:
     for attempt in range(attempts):
         temp_dir = os.path.join(tmp, str(attempt))
         try:
-            ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, object_store_memory=100 * 2**20,
-                     _temp_dir=temp_dir, log_to_driver=True)
+            ray.init(
+                num_cpus=2,
+                num_gpus=2,
+                include_dashboard=False,
+                object_store_memory=100 * 2**20,
+                _temp_dir=temp_dir,
+                log_to_driver=True,
+            )
             return
         except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception here
             if "timed out during startup" not in str(e) or attempt == attempts - 1:
@@ -166,15 +181,26 @@ def _run_under_ray(engine_spec: dict, tmp_path: Path) -> tuple[dict, float]:
     ray_tmp = tempfile.mkdtemp(prefix="hxray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     out = tmp_path / "ray_result.json"
     spec = {"engine": engine_spec, "out": str(out), "ray_tmp": ray_tmp, "timeout": RAY_TIMEOUT}
-    env = {**os.environ, **cpu_env(2), "PYTHONPATH": str(REPO), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-           "RAY_USAGE_STATS_ENABLED": "0"}  # "0": Ray binds 127.0.0.1 instead of the host's address
+    env = {
+        **os.environ,
+        **cpu_env(2),
+        "PYTHONPATH": str(REPO),
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }  # "0": Ray binds 127.0.0.1 instead of the host's address
     for key in (ENV_SWITCH, "RAY_ADDRESS", "VLLM_TARGET_DEVICE"):
         env.pop(key, None)
     log_path = tmp_path / "ray_driver.log"
     t0 = time.monotonic()
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "tests.e2e.test_ray_cpu", json.dumps(spec)], cwd=REPO,
-                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.e2e.test_ray_cpu", json.dumps(spec)],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     shm_seen: set[str] = set()
     try:
         deadline = t0 + RAY_TIMEOUT + 60
@@ -230,14 +256,21 @@ def test_helix_under_ray_matches_mp(tiny_models, tmp_path):
     mp_s = time.monotonic() - t0
     ray_spec = {**spec, "llm": {**llm, "distributed_executor_backend": "ray"}}
     ray_result, ray_s = _run_under_ray(ray_spec, tmp_path)
-    print(f"\n[ray-cpu] mp run {mp_s:.0f}s, Ray run {ray_s:.0f}s (engine ready after "
-          f"{ray_result['engine_ready_s']:.0f}s inside the actor)")
+    print(
+        f"\n[ray-cpu] mp run {mp_s:.0f}s, Ray run {ray_s:.0f}s (engine ready after "
+        f"{ray_result['engine_ready_s']:.0f}s inside the actor)"
+    )
 
     assert ray_result["tokens"] == mp["tokens"]
     assert all(len(t) == NEW_TOKENS for t in ray_result["tokens"])
     probe = ray_result["probe"]  # the workers could not have started without RayCpuPlatform (ray_device_key)
-    assert probe == {"platform": "RayCpuPlatform", "switch": "1", "backend": "ray", "free_gpus": 0.0,
-                     "node_ip": "127.0.0.1"}, probe
+    assert probe == {
+        "platform": "RayCpuPlatform",
+        "switch": "1",
+        "backend": "ray",
+        "free_gpus": 0.0,
+        "node_ip": "127.0.0.1",
+    }, probe
     assert _kv_split(ray_result["status"]) == _kv_split(mp["status"])
     assert {s["kvp_index"] for s in ray_result["status"]} == {0, 1}
     assert all(s["kv_tokens"] > 0 and s["exchanges"] > 0 for s in ray_result["status"])

@@ -34,9 +34,13 @@ def assert_no_helix(log: str, where: str) -> None:
     """No line of `log` mentions Helix (case-insensitive). The test's own traces do not count: the checkout's
     path, the engine runner's RESULT line (it names this module's rpc function) and the access-log line of the
     test's own `GET /helix/status` (answered 404)."""
-    lines = [line for line in log.replace(str(REPO), "<checkout>").splitlines()
-             if "helix" in line.lower() and not line.startswith("RESULT ")
-             and '"GET /helix/status HTTP/1.1" 404' not in line]
+    lines = [
+        line
+        for line in log.replace(str(REPO), "<checkout>").splitlines()
+        if "helix" in line.lower()
+        and not line.startswith("RESULT ")
+        and '"GET /helix/status HTTP/1.1" 404' not in line
+    ]
     assert not lines, f"{where} mentions Helix:\n" + "\n".join(lines[:20])
 
 
@@ -51,8 +55,13 @@ def stock_user_env(monkeypatch):
 def test_stock_tp2_is_identical_with_and_without_the_plugin_and_silent(tiny_models, stock_user_env):
     prompts = prompt_ids(5, [7, 45, 130])
     loaded = "tests.e2e.test_stock_unaffected:helix_plugin_loaded"
-    spec = {"llm": llm_args(tiny_models["gqa2"], tp=2), "prompts": prompts, "max_tokens": 24,
-            "impl_classes": True, "phases": [{"prompts": prompts[:1], "rpc_after": [loaded]}]}
+    spec = {
+        "llm": llm_args(tiny_models["gqa2"], tp=2),
+        "prompts": prompts,
+        "max_tokens": 24,
+        "impl_classes": True,
+        "phases": [{"prompts": prompts[:1], "rpc_after": [loaded]}],
+    }
     log: list[str] = []
     with_plugin = run_engine(spec, env_extra=RPC, log=log)
     without_plugin = run_engine(spec, env_extra={**RPC, "VLLM_PLUGINS": "none-such"})  # no general plugin
@@ -72,11 +81,22 @@ def test_stock_vllm_serve_is_silent_and_serves_no_helix_route(tiny_models, stock
     assert not [ep for ep in entry_points(group="vllm.endpoint_plugins") if ep.value.startswith("vllm_helix")]
     model = str(tiny_models["gqa2"])
     log: list[str] = []
-    args = ["--dtype", "float32", "--enforce-eager", "--max-model-len", "512", "--max-num-seqs", "4",
-            "--skip-tokenizer-init"]
+    args = [
+        "--dtype",
+        "float32",
+        "--enforce-eager",
+        "--max-model-len",
+        "512",
+        "--max-num-seqs",
+        "4",
+        "--skip-tokenizer-init",
+    ]
     with vllm_server(model, args, log_text=log) as (base, _):
-        reply = requests.post(f"{base}/v1/completions", timeout=120, json={
-            "model": model, "prompt": prompt_ids(6, [20])[0], "max_tokens": 8, "temperature": 0})
+        reply = requests.post(
+            f"{base}/v1/completions",
+            timeout=120,
+            json={"model": model, "prompt": prompt_ids(6, [20])[0], "max_tokens": 8, "temperature": 0},
+        )
         assert reply.status_code == 200, reply.text
         assert reply.json()["choices"][0]["finish_reason"] == "length"
         assert requests.get(f"{base}/helix/status", timeout=30).status_code == 404
@@ -124,8 +144,12 @@ def test_status_route_is_attached_only_for_the_helix_worker():
         wrapper(app, tasks)
         return app
 
-    for stock in (build("auto"), build(None), build("vllm.v1.worker.cpu_worker.CPUWorker"),
-                  build("vllm_helix.Worker", tasks=("embed",))):
+    for stock in (
+        build("auto"),
+        build(None),
+        build("vllm.v1.worker.cpu_worker.CPUWorker"),
+        build("vllm_helix.Worker", tasks=("embed",)),
+    ):
         assert not [r for r in stock.routes if "helix" in getattr(r, "path", "")]
         assert not [p for p in getattr(stock.state, "endpoint_plugins", []) if "helix" in p.name]
     for worker_cls in ("vllm_helix.Worker", "vllm_helix.worker.Worker"):

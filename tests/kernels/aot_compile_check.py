@@ -96,11 +96,20 @@ def compile_one(kernel, pointers: dict, constexprs: dict, num_warps: int, arch: 
     path = os.path.join(workdir, f"{kernel.__name__}_sm{arch}.cubin")
     with open(path, "wb") as f:
         f.write(compiled.asm["cubin"])
-    usage = subprocess.run([os.path.join(_BIN, "cuobjdump"), "--dump-resource-usage", path],
-                           capture_output=True, text=True, check=True).stdout
+    usage = subprocess.run(
+        [os.path.join(_BIN, "cuobjdump"), "--dump-resource-usage", path],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     found = dict(re.findall(r"(REG|LOCAL|SHARED):(\d+)", usage))
-    return {"arch": f"sm_{arch}", "regs": int(found["REG"]), "local_bytes": int(found["LOCAL"]),
-            "shared_bytes": compiled.metadata.shared, "num_warps": num_warps}
+    return {
+        "arch": f"sm_{arch}",
+        "regs": int(found["REG"]),
+        "local_bytes": int(found["LOCAL"]),
+        "shared_bytes": compiled.metadata.shared,
+        "num_warps": num_warps,
+    }
 
 
 def main() -> None:

@@ -15,8 +15,10 @@ import torch
 
 COMPILED_ENV = "HELIX_TRITON_COMPILED"
 COMPILED = os.environ.get(COMPILED_ENV) == "1"
-NO_GPU = (f"compiled Triton kernel tests ({COMPILED_ENV}=1) need a CUDA GPU; none found "
-          "(torch.cuda.is_available() is False)")
+NO_GPU = (
+    f"compiled Triton kernel tests ({COMPILED_ENV}=1) need a CUDA GPU; none found "
+    "(torch.cuda.is_available() is False)"
+)
 
 # Must precede the first `import triton`: triton.jit (also that of tl.sum, tl.max, ... in triton.language)
 # reads it when a function is defined, and interpreted kernels cannot call GPU-compiled helpers. It is set for
@@ -36,8 +38,11 @@ def _reimport_triton_interpreted() -> None:
     triton; on CPU they never launch it. Running `pytest tests/kernels` alone, or setting
     TRITON_INTERPRET=1 in a top-level conftest, avoids this.
     """
-    warnings.warn("triton was imported before tests/kernels/conftest.py set TRITON_INTERPRET=1; "
-                  "re-importing it in interpreter mode", stacklevel=1)
+    warnings.warn(
+        "triton was imported before tests/kernels/conftest.py set TRITON_INTERPRET=1; "
+        "re-importing it in interpreter mode",
+        stacklevel=1,
+    )
     for name in list(sys.modules):
         if (name == "triton" or name.startswith("triton.")) and not name.startswith("triton._C"):
             del sys.modules[name]
@@ -112,7 +117,8 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_collection_finish(session):
-    """The kernels are defined by now: give other tests (and the vLLM processes they start) their environment."""
+    """The kernels are defined by now: give other tests (and the vLLM processes they start) their
+    environment."""
     if COMPILED:
         return
     if _PREVIOUS_INTERPRET is None:

@@ -38,19 +38,87 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 KERNEL_TESTS = Path(__file__).resolve().parent
-COMPILED_ENV = "HELIX_TRITON_COMPILED"      # read by tests/kernels/conftest.py
+COMPILED_ENV = "HELIX_TRITON_COMPILED"  # read by tests/kernels/conftest.py
 TEST_TIMEOUT_S = 210
 BENCH_TOL = {"bf16": 2e-2, "fp16": 2e-2, "fp32": 1e-4}
 # (name, bench_kernels_gpu.py arguments): Helix per-rank shapes at 128K context
 BENCHES = [
-    ("decode_gqa", ["--op", "decode", "--dtype", "bf16", "--batch", "8", "--heads", "32", "--kv-heads", "8",
-                    "--head-dim", "128", "--context", "131072", "--kvp", "4"]),
-    ("decode_mqa", ["--op", "decode", "--dtype", "bf16", "--batch", "8", "--heads", "16", "--kv-heads", "1",
-                    "--head-dim", "128", "--context", "131072", "--kvp", "8"]),
-    ("mla", ["--op", "mla", "--dtype", "bf16", "--batch", "8", "--heads", "16", "--context", "131072",
-             "--kvp", "8"]),
-    ("combine", ["--op", "combine", "--dtype", "bf16", "--kvp", "8", "--batch", "64", "--heads", "128",
-                 "--head-dim", "512"]),
+    (
+        "decode_gqa",
+        [
+            "--op",
+            "decode",
+            "--dtype",
+            "bf16",
+            "--batch",
+            "8",
+            "--heads",
+            "32",
+            "--kv-heads",
+            "8",
+            "--head-dim",
+            "128",
+            "--context",
+            "131072",
+            "--kvp",
+            "4",
+        ],
+    ),
+    (
+        "decode_mqa",
+        [
+            "--op",
+            "decode",
+            "--dtype",
+            "bf16",
+            "--batch",
+            "8",
+            "--heads",
+            "16",
+            "--kv-heads",
+            "1",
+            "--head-dim",
+            "128",
+            "--context",
+            "131072",
+            "--kvp",
+            "8",
+        ],
+    ),
+    (
+        "mla",
+        [
+            "--op",
+            "mla",
+            "--dtype",
+            "bf16",
+            "--batch",
+            "8",
+            "--heads",
+            "16",
+            "--context",
+            "131072",
+            "--kvp",
+            "8",
+        ],
+    ),
+    (
+        "combine",
+        [
+            "--op",
+            "combine",
+            "--dtype",
+            "bf16",
+            "--kvp",
+            "8",
+            "--batch",
+            "64",
+            "--heads",
+            "128",
+            "--head-dim",
+            "512",
+        ],
+    ),
 ]
 
 
@@ -64,17 +132,42 @@ def kernel_test_files() -> list[str]:
 def run_tests(timeout: float = TEST_TIMEOUT_S, extra_env: dict | None = None) -> dict:
     """pytest on `kernel_test_files()` in compiled mode, in a child process; counts from its JUnit XML."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.update({COMPILED_ENV: "1", "VLLM_HELIX_NATIVE": "0",   # the native CPU ops: not this check's subject
-                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-                **(extra_env or {})})
+    env.update(
+        {
+            COMPILED_ENV: "1",
+            "VLLM_HELIX_NATIVE": "0",  # the native CPU ops: not this check's subject
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+            **(extra_env or {}),
+        }
+    )
     with tempfile.TemporaryDirectory() as tmp:
         junit = Path(tmp) / "junit.xml"
-        cmd = [sys.executable, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider", "-o", "addopts=",
-               "--junitxml", str(junit), *kernel_test_files()]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-rfEs",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "addopts=",
+            "--junitxml",
+            str(junit),
+            *kernel_test_files(),
+        ]
         started = time.monotonic()
         try:
-            proc = subprocess.run(cmd, check=False, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True, timeout=timeout)
+            proc = subprocess.run(
+                cmd,
+                check=False,
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=timeout,
+            )
             output, exit_code = proc.stdout, proc.returncode
         except subprocess.TimeoutExpired as e:
             output = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
@@ -88,8 +181,15 @@ def run_tests(timeout: float = TEST_TIMEOUT_S, extra_env: dict | None = None) ->
 
 def _junit_counts(junit: Path) -> dict:
     if not junit.exists():
-        return {"tests": 0, "passed": 0, "failed": 0, "errors": 0, "skipped": 0, "failures": [],
-                "skip_reasons": []}
+        return {
+            "tests": 0,
+            "passed": 0,
+            "failed": 0,
+            "errors": 0,
+            "skipped": 0,
+            "failures": [],
+            "skip_reasons": [],
+        }
     cases = ET.parse(junit).getroot().iter("testcase")
     failed, errors, skipped, reasons, names = 0, 0, 0, set(), []
     total = 0
@@ -105,8 +205,15 @@ def _junit_counts(junit: Path) -> dict:
         elif (skip := case.find("skipped")) is not None:
             skipped += 1
             reasons.add((skip.get("message") or "").strip())
-    return {"tests": total, "passed": total - failed - errors - skipped, "failed": failed, "errors": errors,
-            "skipped": skipped, "failures": names, "skip_reasons": sorted(reasons)}
+    return {
+        "tests": total,
+        "passed": total - failed - errors - skipped,
+        "failed": failed,
+        "errors": errors,
+        "skipped": skipped,
+        "failures": names,
+        "skip_reasons": sorted(reasons),
+    }
 
 
 def _do_bench(fn) -> float:
@@ -121,8 +228,11 @@ def measure_bandwidth(device: torch.device, timer=_do_bench, nbytes: int = 1 << 
     dst = torch.empty_like(src)
     copy_ms = timer(lambda: dst.copy_(src))
     read_ms = timer(lambda: src.sum())
-    return {"bytes": nbytes, "copy_gbps": 2 * nbytes / (copy_ms * 1e-3) / 1e9,
-            "read_gbps": nbytes / (read_ms * 1e-3) / 1e9}
+    return {
+        "bytes": nbytes,
+        "copy_gbps": 2 * nbytes / (copy_ms * 1e-3) / 1e9,
+        "read_gbps": nbytes / (read_ms * 1e-3) / 1e9,
+    }
 
 
 def _bench_module():
@@ -156,12 +266,20 @@ def _environment() -> dict:
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    info = {"torch": torch.__version__, "triton": triton_version, "cuda": torch.cuda.is_available(),
-            "vllm_importable": importlib.util.find_spec("vllm") is not None}
+    info = {
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "cuda": torch.cuda.is_available(),
+        "vllm_importable": importlib.util.find_spec("vllm") is not None,
+    }
     if info["cuda"]:
         props = torch.cuda.get_device_properties(0)
-        info.update(gpu=props.name, capability=f"{props.major}.{props.minor}",
-                    sms=props.multi_processor_count, memory_gib=round(props.total_memory / 2**30, 1))
+        info.update(
+            gpu=props.name,
+            capability=f"{props.major}.{props.minor}",
+            sms=props.multi_processor_count,
+            memory_gib=round(props.total_memory / 2**30, 1),
+        )
     return info
 
 
@@ -174,8 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_tests:
         report["tests"] = run_tests()
     if not report["cuda"]:
-        report.update(ok=False, reason="no CUDA device (torch.cuda.is_available() is False): nothing was "
-                      "compiled, run or measured; `make gpu-check` is for a CUDA machine")
+        report.update(
+            ok=False,
+            reason="no CUDA device (torch.cuda.is_available() is False): nothing was "
+            "compiled, run or measured; `make gpu-check` is for a CUDA machine",
+        )
         report["seconds"] = round(time.monotonic() - started, 1)
         print(json.dumps(report), flush=True)
         return 2
@@ -183,8 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     report["bandwidth"] = measure_bandwidth(device)
     report["bench"] = run_benchmarks(device, report["bandwidth"])
     tests = report.get("tests")
-    tests_ok = tests is None or (tests["failed"] == 0 and tests["errors"] == 0 and tests["passed"] > 0
-                                 and tests["pytest_exit"] == 0)
+    tests_ok = tests is None or (
+        tests["failed"] == 0 and tests["errors"] == 0 and tests["passed"] > 0 and tests["pytest_exit"] == 0
+    )
     report["ok"] = bool(tests_ok and all(row["within_tolerance"] for row in report["bench"]))
     report["seconds"] = round(time.monotonic() - started, 1)
     print(json.dumps(report), flush=True)

@@ -1,11 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
 """The native CPU decode-attention op against an fp64 reference and against the torch path.
 
-fp32 ≤ 1e-5 and bf16 ≤ 2e-2 max abs error (O and LSE), ragged local lengths (0, 1, partial blocks, many blocks),
-head_dim 32/64/128, GQA group sizes 1–16, fragmented and descending block tables, the Helix cache layout (K and
-V as views of one buffer), strided queries, 1 and 2 threads (splits merged by the LSE rule), and each ISA build:
-the one this CPU runs ("auto"), and the portable 8- and 16-lane builds — the latter is the AVX-512 lane layout,
-checked here on any CPU.
+fp32 ≤ 1e-5 and bf16 ≤ 2e-2 max abs error (O and LSE), ragged local lengths (0, 1, partial blocks, many
+blocks), head_dim 32/64/128, GQA group sizes 1–16, fragmented and descending block tables, the Helix cache
+layout (K and V as views of one buffer), strided queries, 1 and 2 threads (splits merged by the LSE rule), and
+each ISA build: the one this CPU runs ("auto"), and the portable 8- and 16-lane builds — the latter is the
+AVX-512 lane layout, checked here on any CPU.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from vllm_helix.kernels import cpu_build, cpu_decode_attention
-
 
 
 @pytest.fixture(autouse=True)
@@ -40,7 +39,8 @@ def threads():
 
 
 def reference(query, key_cache, value_cache, block_table, lens, scale):
-    """fp64 attention of each sequence's query over its first lens[s] local keys → O, LSE (−inf, 0 if empty)."""
+    """fp64 attention of each sequence's query over its first lens[s] local keys → O, LSE (−inf, 0 if
+    empty)."""
     num_seqs, heads, _ = query.shape
     _, block_size, kv_heads, v_dim = value_cache.shape
     group = heads // kv_heads
@@ -51,9 +51,9 @@ def reference(query, key_cache, value_cache, block_table, lens, scale):
         if n == 0:
             continue
         ids = block_table[s, : -(-n // block_size)].long()
-        k = key_cache[ids].flatten(0, 1)[:n].double().repeat_interleave(group, dim=1)   # (n, heads, D)
+        k = key_cache[ids].flatten(0, 1)[:n].double().repeat_interleave(group, dim=1)  # (n, heads, D)
         v = value_cache[ids].flatten(0, 1)[:n].double().repeat_interleave(group, dim=1)
-        scores = torch.einsum("hd,nhd->hn", query[s].double(), k) * scale            # (heads, n)
+        scores = torch.einsum("hd,nhd->hn", query[s].double(), k) * scale  # (heads, n)
         lse[s] = torch.logsumexp(scores, dim=-1)
         out[s] = torch.einsum("hn,nhd->hd", torch.softmax(scores, dim=-1), v)
     return out, lse
@@ -69,7 +69,7 @@ def make_case(num_seqs, heads, kv_heads, dim, block_size, lens, dtype, seed=0, f
     ids = torch.randperm(num_blocks, generator=gen) if fragmented else torch.arange(num_blocks - 1, -1, -1)
     table = ids[: num_seqs * per_seq].view(num_seqs, per_seq).to(torch.int32)
     qkv = torch.randn(num_seqs, heads + 2 * kv_heads, dim, generator=gen).to(dtype)
-    query = qkv[:, :heads]                           # strided, as vLLM's split of the fused QKV output
+    query = qkv[:, :heads]  # strided, as vLLM's split of the fused QKV output
     return query, kv[0], kv[1], table, torch.tensor(lens)
 
 
@@ -84,15 +84,18 @@ def check(out, lse, ref_out, ref_lse, dtype):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("heads,kv_heads,dim", [
-    (8, 1, 64),     # MQA, group 8 (the benchmark model)
-    (4, 4, 32),     # MHA, group 1
-    (6, 2, 128),    # group 3 (padded to 4)
-    (9, 3, 64),     # SmolLM2 at TPA 1: group 3
-    (16, 1, 64),    # group 16: two passes on 8 lanes, one on 16
-    (24, 2, 32),    # group 12
-    (4, 2, 128),    # group 2
-])
+@pytest.mark.parametrize(
+    "heads,kv_heads,dim",
+    [
+        (8, 1, 64),  # MQA, group 8 (the benchmark model)
+        (4, 4, 32),  # MHA, group 1
+        (6, 2, 128),  # group 3 (padded to 4)
+        (9, 3, 64),  # SmolLM2 at TPA 1: group 3
+        (16, 1, 64),  # group 16: two passes on 8 lanes, one on 16
+        (24, 2, 32),  # group 12
+        (4, 2, 128),  # group 2
+    ],
+)
 def test_matches_fp64_reference(isa, dtype, heads, kv_heads, dim):
     lens = [0, 1, 31, 32, 33, 250, 517]
     case = make_case(len(lens), heads, kv_heads, dim, 32, lens, dtype, seed=heads * dim)
@@ -114,8 +117,8 @@ def test_tables_and_block_sizes(dtype, block_size):
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("num_threads", [1, 2])
 def test_splits_and_threads(threads, isa, num_threads):
-    """One long request on 2 threads is cut into splits (flash-decoding); explicit splits on 1 thread; the merge
-    is exact, including splits that hold no key (more splits than keys)."""
+    """One long request on 2 threads is cut into splits (flash-decoding); explicit splits on 1 thread; the
+    merge is exact, including splits that hold no key (more splits than keys)."""
     threads(num_threads)
     for lens, splits in (([3000], 0), ([3000, 0], 0), ([3000, 17], 5), ([5], 8), ([2048] * 3, 3)):
         for dtype in (torch.float32, torch.bfloat16):
@@ -140,17 +143,23 @@ def test_softmax_is_stable_for_large_scores():
     query = query * 40
     out, lse = cpu_decode_attention.partial_decode_attention(query, key_cache, value_cache, table, n, 1.0)
     ref_out, ref_lse = reference(query, key_cache, value_cache, table, n, 1.0)
-    assert ref_lse.abs().min() > 100                       # the regime this test is about
+    assert ref_lse.abs().min() > 100  # the regime this test is about
     assert (out.double() - ref_out).abs().max().item() <= 1e-5
-    assert ((lse.double() - ref_lse).abs() / ref_lse.abs()).max().item() <= 1e-6  # fp32 spacing at |LSE| ~ 1e3
+    assert (
+        (lse.double() - ref_lse).abs() / ref_lse.abs()
+    ).max().item() <= 1e-6  # fp32 spacing at |LSE| ~ 1e3
 
 
 def test_refuses_what_it_cannot_run():
     query, key_cache, value_cache, table, lens = make_case(1, 4, 1, 64, 16, [20], torch.float32)
     with pytest.raises(RuntimeError, match="share a dtype"):
-        cpu_decode_attention.partial_decode_attention(query.bfloat16(), key_cache, value_cache, table, lens, 0.1)
+        cpu_decode_attention.partial_decode_attention(
+            query.bfloat16(), key_cache, value_cache, table, lens, 0.1
+        )
     with pytest.raises(RuntimeError, match="isa must be"):
-        cpu_decode_attention.partial_decode_attention(query, key_cache, value_cache, table, lens, 0.1, isa="sse")
+        cpu_decode_attention.partial_decode_attention(
+            query, key_cache, value_cache, table, lens, 0.1, isa="sse"
+        )
     odd = torch.randn(1, 4, 24)
     assert not cpu_decode_attention.supports(odd, torch.randn(2, 16, 1, 24), torch.randn(2, 16, 1, 24))
     assert cpu_decode_attention.supports(query, key_cache, value_cache)
@@ -165,7 +174,8 @@ def test_status_names_the_isa():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("chunks", [1, 2, 3])
 def test_packed_output_is_the_exchange_layout(dtype, chunks):
-    """The packed op writes exactly what `pack_partials` makes of the plain op's (O, LSE), including −inf rows."""
+    """The packed op writes exactly what `pack_partials` makes of the plain op's (O, LSE), including −inf
+    rows."""
     from vllm_helix.exchange import pack_partials
 
     lens = [0, 45, 300, 7]

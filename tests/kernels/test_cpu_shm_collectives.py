@@ -1,9 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """The shared-memory collectives across real processes (`spawn`): the all-to-all equal to gloo's
-`all_to_all_single` and the all-reduce equal to an fp64 sum (bitwise the same on every peer), round after round
-(both halves of the double buffer, messages of changing size, the two collectives interleaved), for 2–4 peers;
-nothing left in /dev/shm; a message larger than a slot is refused without a round; a peer that never arrives makes
-the op raise."""
+`all_to_all_single` and the all-reduce equal to an fp64 sum (bitwise the same on every peer), round after
+round (both halves of the double buffer, messages of changing size, the two collectives interleaved), for 2–4
+peers; nothing left in /dev/shm; a message larger than a slot is refused without a round; a peer that never
+arrives makes the op raise."""
 
 from __future__ import annotations
 
@@ -38,22 +38,24 @@ def _rounds(rank: int, world: int, rounds: int) -> None:
     gen = torch.Generator().manual_seed(rank)
     for i in range(rounds):
         dtype = (torch.float32, torch.bfloat16)[i % 2]
-        tokens = 1 + (i * 7) % 13                                    # every peer sends the same shape per round
+        tokens = 1 + (i * 7) % 13  # every peer sends the same shape per round
         send = torch.randn(world, tokens, 3, 66, generator=gen).to(dtype)
         recv = exchange(send)
         assert torch.equal(recv, all_to_all_reference(send, group)), f"round {i}"
-        x = torch.randn(tokens, 40, generator=gen).to(dtype)                 # an all-reduce between exchanges
+        x = torch.randn(tokens, 40, generator=gen).to(dtype)  # an all-reduce between exchanges
         parts = [torch.empty_like(x) for _ in range(world)]
         dist.all_gather(parts, x, group=group)
         assert exchange.all_reduce(x)
         exact = torch.stack([p.double() for p in parts]).sum(0)
-        assert (x.double() - exact).abs().max().item() <= (1e-5 if dtype == torch.float32 else 2e-2 * exact.abs().max())
+        assert (x.double() - exact).abs().max().item() <= (
+            1e-5 if dtype == torch.float32 else 2e-2 * exact.abs().max()
+        )
         same = [torch.empty_like(x) for _ in range(world)]
         dist.all_gather(same, x, group=group)
         assert all(torch.equal(s, x) for s in same), "every peer must hold the same bits"
-    assert exchange(torch.zeros(world, 1 << 14)) is None           # 64 KiB · world > slot: refused, no round
+    assert exchange(torch.zeros(world, 1 << 14)) is None  # 64 KiB · world > slot: refused, no round
     big = torch.zeros(1 << 15)
-    assert not exchange.all_reduce(big)                             # refused as well, untouched
+    assert not exchange.all_reduce(big)  # refused as well, untouched
     send = torch.full((world, 2), float(rank))
     assert torch.equal(exchange(send), torch.arange(world, dtype=torch.float32)[:, None].expand(world, 2))
 

@@ -19,8 +19,14 @@ from tests.kernels import gpu_check
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="no make")
 def test_make_target_runs_the_script_from_the_checkout():
-    out = subprocess.run(["make", "-n", "--no-print-directory", "gpu-check", "GPU_PYTHON=py"], check=False, cwd=gpu_check.REPO,
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        ["make", "-n", "--no-print-directory", "gpu-check", "GPU_PYTHON=py"],
+        check=False,
+        cwd=gpu_check.REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines() == ["PYTHONPATH=. py tests/kernels/gpu_check.py"]
 
@@ -30,8 +36,15 @@ def test_make_target_runs_the_script_from_the_checkout():
 def test_without_a_gpu_every_kernel_test_is_skipped_and_the_check_exits_2():
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "PYTHONPATH")}
     env["PYTHONPATH"] = "."
-    out = subprocess.run([sys.executable, "tests/kernels/gpu_check.py"], check=False, cwd=gpu_check.REPO,
-                         env=env, capture_output=True, text=True, timeout=280)
+    out = subprocess.run(
+        [sys.executable, "tests/kernels/gpu_check.py"],
+        check=False,
+        cwd=gpu_check.REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
     assert out.returncode == 2, out.stderr[-3000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
     tests = report["tests"]
@@ -53,10 +66,48 @@ def test_bandwidth_and_benchmark_rows_on_cpu(kernel_device):
     bandwidth = gpu_check.measure_bandwidth(kernel_device, timer=lambda fn: 1.0, nbytes=1 << 20)
     assert bandwidth["copy_gbps"] == pytest.approx(2 * (1 << 20) / 1e-3 / 1e9)
     assert bandwidth["read_gbps"] == pytest.approx((1 << 20) / 1e-3 / 1e9)
-    tiny = [("decode", ["--op", "decode", "--dtype", "bf16", "--batch", "2", "--heads", "4", "--kv-heads",
-                        "2", "--head-dim", "64", "--context", "40", "--kvp", "2", "--num-splits", "2"]),
-            ("combine", ["--op", "combine", "--dtype", "fp32", "--kvp", "3", "--batch", "2", "--heads", "2",
-                         "--head-dim", "64"])]
+    tiny = [
+        (
+            "decode",
+            [
+                "--op",
+                "decode",
+                "--dtype",
+                "bf16",
+                "--batch",
+                "2",
+                "--heads",
+                "4",
+                "--kv-heads",
+                "2",
+                "--head-dim",
+                "64",
+                "--context",
+                "40",
+                "--kvp",
+                "2",
+                "--num-splits",
+                "2",
+            ],
+        ),
+        (
+            "combine",
+            [
+                "--op",
+                "combine",
+                "--dtype",
+                "fp32",
+                "--kvp",
+                "3",
+                "--batch",
+                "2",
+                "--heads",
+                "2",
+                "--head-dim",
+                "64",
+            ],
+        ),
+    ]
     rows = gpu_check.run_benchmarks(kernel_device, bandwidth, timer=lambda fn: 1.0, benches=tiny)
     assert [r["name"] for r in rows] == ["decode", "combine"]
     for row in rows:

@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Backend selection: Triton launchers on CUDA (platform check monkeypatched, no GPU), native ops (or torch) on CPU."""
+"""Backend selection: Triton launchers on CUDA (platform check monkeypatched, no GPU), native ops (or torch)
+on CPU."""
 
 from __future__ import annotations
 
@@ -110,8 +111,8 @@ def test_ops_call_triton_launchers_on_cuda(monkeypatch, on_cuda):
 
 
 def test_torch_path_without_triton():
-    """With triton unimportable and the native ops off, `vllm_helix.kernels` imports and every op runs its torch
-    reference."""
+    """With triton unimportable and the native ops off, `vllm_helix.kernels` imports and every op runs its
+    torch reference."""
     code = textwrap.dedent(
         """
         import sys
@@ -131,5 +132,7 @@ def test_torch_path_without_triton():
         """
     )
     env = {**os.environ, "VLLM_HELIX_NATIVE": "0"}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]

@@ -17,17 +17,24 @@ _SCRIPT = Path(__file__).with_name("aot_compile_check.py")
 _BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 
 
-@pytest.mark.skipif(not (_BIN / "ptxas").exists() or not (_BIN / "cuobjdump").exists(),
-                    reason="this triton wheel bundles no ptxas/cuobjdump")
+@pytest.mark.skipif(
+    not (_BIN / "ptxas").exists() or not (_BIN / "cuobjdump").exists(),
+    reason="this triton wheel bundles no ptxas/cuobjdump",
+)
 def test_kernels_compile_for_sm90():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, str(_SCRIPT), "--arch", "90"], capture_output=True, text=True,
-                            env=env, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(_SCRIPT), "--arch", "90"], capture_output=True, text=True, env=env, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert len(rows) == 8, result.stdout
     kernels = {row["kernel"] for row in rows}
-    assert kernels == {"_partial_decode_attention_kernel", "_split_reduce_kernel", "_combine_kernel",
-                       "_mla_partial_decode_attention_kernel"}
+    assert kernels == {
+        "_partial_decode_attention_kernel",
+        "_split_reduce_kernel",
+        "_combine_kernel",
+        "_mla_partial_decode_attention_kernel",
+    }
     spilled = [row for row in rows if row["local_bytes"] != 0]
     assert not spilled, f"register spills to local memory: {spilled}"

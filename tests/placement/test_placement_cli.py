@@ -50,8 +50,20 @@ def test_unlabelled_node_is_pinned_without_topology():
 
 def test_vllm_argv_adds_grid_backend_and_loopback_host():
     args, rest = build_parser().parse_known_args(
-        ["--address", "x:1", "-tp", "8", "-dcp", "2", "--", "/m", "--port", "9",
-         "--worker-cls", "vllm_helix.Worker"]  # fmt: skip
+        [
+            "--address",
+            "x:1",
+            "-tp",
+            "8",
+            "-dcp",
+            "2",
+            "--",
+            "/m",
+            "--port",
+            "9",
+            "--worker-cls",
+            "vllm_helix.Worker",
+        ]  # fmt: skip
     )
     argv = vllm_argv(args, rest)
     assert argv[:6] == ["vllm", "serve", "/m", "--port", "9", "--worker-cls"]
@@ -80,7 +92,6 @@ def test_cli_refuses_bad_usage_before_touching_ray(capsys):
 
 
 def _tray_script(tmp_path, *args, smi_lines=None, env=None):
-    import os
     import subprocess
     from pathlib import Path
 
@@ -135,7 +146,7 @@ def test_kuberay_manifest_is_one_private_rack_of_18_trays():
     scripts += [g["template"]["spec"]["containers"][0]["args"][0] for g in groups]
     for script in scripts:
         assert subprocess.run(["bash", "-n"], input=script, text=True, timeout=10).returncode == 0
-    line = scripts[0][scripts[0].index("vllm-helix serve-ray"):].replace("\\\n", " ").splitlines()[0]
+    line = scripts[0][scripts[0].index("vllm-helix serve-ray") :].replace("\\\n", " ").splitlines()[0]
     args, rest = build_parser().parse_known_args(shlex.split(line)[2:])
     assert (args.tp, args.kvp, args.launcher_label) == (72, 4, ["vllm-helix.io/role=api"])
     assert "--worker-cls" in rest and "vllm_helix.Worker" in rest

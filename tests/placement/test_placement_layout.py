@@ -22,9 +22,7 @@ pytestmark = pytest.mark.timeout(60)
 
 def rack(name: str, trays: int, free: list[int] | None = None, ip_base: int = 0) -> list[NodeView]:
     free = free or [4] * trays
-    return [
-        NodeView(f"{name}-t{i:02d}", free[i], name, f"10.0.{ip_base}.{i + 10}", 4) for i in range(trays)
-    ]
+    return [NodeView(f"{name}-t{i:02d}", free[i], name, f"10.0.{ip_base}.{i + 10}", 4) for i in range(trays)]
 
 
 def legacy_vllm_order(plan) -> list[int]:

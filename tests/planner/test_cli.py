@@ -46,11 +46,29 @@ def test_simulate_switches(capsys):
 
 
 def test_plan_smollm2_cpu_runnable(capsys):
-    assert plan_main(["--model", "smollm2-135m", "--hardware", "cpu", "--context", "4096", "--ttl-ms", "300",
-                      "--gpus", "3", "--json"]) == 0
+    assert (
+        plan_main(
+            [
+                "--model",
+                "smollm2-135m",
+                "--hardware",
+                "cpu",
+                "--context",
+                "4096",
+                "--ttl-ms",
+                "300",
+                "--gpus",
+                "3",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     argv = shlex.split(out["command"])
-    assert argv[:3] == ["vllm", "serve", "$(vllm-helix", "demo-model", "--quiet)"][:3]  # the embedded checkpoint
+    assert (
+        argv[:3] == ["vllm", "serve", "$(vllm-helix", "demo-model", "--quiet)"][:3]
+    )  # the embedded checkpoint
     assert out["command"].startswith("vllm serve $(vllm-helix demo-model --quiet) ")
     argv = ["vllm", "serve", "MODEL"] + argv[5:]
     assert argv[argv.index("--worker-cls") + 1] == "vllm_helix.Worker"
@@ -92,20 +110,40 @@ def test_plan_text_and_infeasible_budget(capsys):
 
 
 def test_hf_config_parsing(tmp_path, capsys):
-    qwen = {"model_type": "qwen3", "hidden_size": 1024, "num_hidden_layers": 28, "num_attention_heads": 16,
-            "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 3072, "vocab_size": 151936,
-            "tie_word_embeddings": True}
+    qwen = {
+        "model_type": "qwen3",
+        "hidden_size": 1024,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "intermediate_size": 3072,
+        "vocab_size": 151936,
+        "tie_word_embeddings": True,
+    }
     (tmp_path / "config.json").write_text(json.dumps(qwen))
     m = load_model(str(tmp_path / "config.json"))
     assert (m.n_heads, m.kv_heads, m.head_dim, m.ffn, m.is_moe) == (16, 8, 128, 3072, False)
     assert load_model(str(tmp_path)) == m
-    ds = {"model_type": "deepseek_v3", "hidden_size": 7168, "num_hidden_layers": 61,
-          "num_attention_heads": 128,
-          "num_key_value_heads": 128, "intermediate_size": 18432, "vocab_size": 129280, "q_lora_rank": 1536,
-          "kv_lora_rank": 512, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128,
-          "n_routed_experts": 256, "n_shared_experts": 1, "num_experts_per_tok": 8,
-          "moe_intermediate_size": 2048,
-          "first_k_dense_replace": 3}
+    ds = {
+        "model_type": "deepseek_v3",
+        "hidden_size": 7168,
+        "num_hidden_layers": 61,
+        "num_attention_heads": 128,
+        "num_key_value_heads": 128,
+        "intermediate_size": 18432,
+        "vocab_size": 129280,
+        "q_lora_rank": 1536,
+        "kv_lora_rank": 512,
+        "qk_nope_head_dim": 128,
+        "qk_rope_head_dim": 64,
+        "v_head_dim": 128,
+        "n_routed_experts": 256,
+        "n_shared_experts": 1,
+        "num_experts_per_tok": 8,
+        "moe_intermediate_size": 2048,
+        "first_k_dense_replace": 3,
+    }
     d = tmp_path / "ds"
     d.mkdir()
     (d / "config.json").write_text(json.dumps(ds))

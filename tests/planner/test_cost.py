@@ -19,11 +19,17 @@ def helix(n=64, b=8, kvp=8, tpa=8, ep=1, hop_b=True):
     return Grid("helix", n, b, kvp=kvp, tpa=tpa, ep=ep, hop_b=hop_b)
 
 
-@pytest.mark.parametrize("model,grid", [
-    (LLAMA, helix()), (LLAMA, Grid("tp", 64, 8, tpa=64)), (LLAMA, Grid("medha", 64, 8, kvp=8, tpa=8)),
-    (DSR1, helix(kvp=64, tpa=1, ep=8)), (DSR1, Grid("ep", 64, 64, ep=64)),
-    (DSR1, Grid("tp_pp", 64, 8, tpa=8, pp=8)),
-])
+@pytest.mark.parametrize(
+    "model,grid",
+    [
+        (LLAMA, helix()),
+        (LLAMA, Grid("tp", 64, 8, tpa=64)),
+        (LLAMA, Grid("medha", 64, 8, kvp=8, tpa=8)),
+        (DSR1, helix(kvp=64, tpa=1, ep=8)),
+        (DSR1, Grid("ep", 64, 64, ep=64)),
+        (DSR1, Grid("tp_pp", 64, 8, tpa=8, pp=8)),
+    ],
+)
 def test_monotone_in_context_and_batch(model, grid):
     base = estimate(model, HW, FP4, S, grid).ttl_s
     assert estimate(model, HW, FP4, 2 * S, grid).ttl_s > base
@@ -99,8 +105,8 @@ def test_model_shapes():
 
 
 def test_hop_b_reproduces_paper_fig3_worked_example():
-    # 8 requests, attention 2 units and exchange 1.2 units each, no fixed latency: lockstep 8·2 + 8·1.2 = 25.6,
-    # pipelined 2 + 1.2 + 7·2 = 17.2 (the paper's "≈ 8·2 + 1.2 ≈ 17").
+    # 8 requests, attention 2 units and exchange 1.2 units each, no fixed latency: lockstep 8·2 + 8·1.2 =
+    # 25.6, pipelined 2 + 1.2 + 7·2 = 17.2 (the paper's "≈ 8·2 + 1.2 ≈ 17").
     from vllm_helix.planner.cost import hop_b_time
 
     def a2a_of(f):

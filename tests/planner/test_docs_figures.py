@@ -3,7 +3,8 @@
 
 The docs hold three pinned blocks, each after an HTML comment naming what it is pinned to:
 - the headline table (``pinned: simulate --paper --json``): model | JSON key | ours | ...;
-- the sensitivity table (``pinned: simulate --paper --json FLAGS``): a row per flag set, "a× / b× / c%" a model;
+- the sensitivity table (``pinned: simulate --paper --json FLAGS``): a row per flag set, "a× / b× / c%" a
+  model;
 - the per-layer derivation (``pinned: simulate --paper --explain`` ... ``end pinned``), compared verbatim.
 Each number is compared within half a unit of its last printed digit.
 """
@@ -24,7 +25,7 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "planner.md"
 KEYS = ("max_interactivity_gain", "throughput_gain_at_equal_ttl", "hop_b_off_loss")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def simulate(*argv: str) -> str:
     """stdout of ``vllm-helix simulate --paper ARGV`` (cached: several tests share a run)."""
     buf = io.StringIO()
@@ -38,7 +39,7 @@ def _table_after(marker: str) -> list[list[str]]:
     lines = DOC.read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if marker in line)
     rows = []
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if not line.startswith("|"):
             if rows:
                 break
@@ -79,17 +80,17 @@ def test_sensitivity_table_is_simulate_json(row):
     flags = shlex.split(row[0].strip("`")) if row[0].startswith("`") else []
     ours = json.loads(simulate("--json", *flags))
     models = ("deepseek-r1", "llama-405b")  # column order of the table, as in its header
-    for model, cell in zip(models, row[1:3]):
+    for model, cell in zip(models, row[1:3], strict=True):
         figures = [f.strip() for f in cell.split("/")]
         assert len(figures) == len(KEYS), cell
-        for key, figure in zip(KEYS, figures):
+        for key, figure in zip(KEYS, figures, strict=True):
             _check(figure, ours[model][key], f"{row[0]} {model} {key}")
 
 
 def test_sensitivity_table_header_names_models_in_order():
     lines = DOC.read_text().splitlines()
     i = next(i for i, line in enumerate(lines) if "pinned: simulate --paper --json FLAGS" in line)
-    header = next(line for line in lines[i + 1:] if line.startswith("|"))
+    header = next(line for line in lines[i + 1 :] if line.startswith("|"))
     assert [c.strip() for c in header.strip().strip("|").split("|")][1:3] == ["`deepseek-r1`", "`llama-405b`"]
 
 

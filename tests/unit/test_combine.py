@@ -29,10 +29,12 @@ def test_combine_of_random_splits_is_exact(kvp, s, t):
     for i in range(kvp):
         idx = (owner == i).nonzero().flatten()
         if len(idx) == 0:
-            outs.append(torch.zeros(t, h, d)); lses.append(torch.full((t, h), -math.inf))
+            outs.append(torch.zeros(t, h, d))
+            lses.append(torch.full((t, h), -math.inf))
         else:
-            o, l = _attend(q, k[idx], v[idx], 0.3)
-            outs.append(o.float()); lses.append(l.float())
+            o, part_lse = _attend(q, k[idx], v[idx], 0.3)
+            outs.append(o.float())
+            lses.append(part_lse.float())
     out, lse = combine_partials(torch.stack(outs), torch.stack(lses))
     assert (out - ref.float()).abs().max() <= 1e-5
     assert (lse - ref_lse.float()).abs().max() <= 1e-5
@@ -46,8 +48,15 @@ def test_all_empty_shards_give_zero_not_nan():
 def test_empty_local_shard_gives_minus_inf_and_zero():
     q = torch.randn(2, 4, 8)
     cache = torch.randn(4, 16, 2, 8)
-    out, lse = paged_partial_attention(q, cache, cache, torch.zeros(2, 4, dtype=torch.int32),
-                                       torch.tensor([0, 0]), torch.tensor([0, 1, 2]), 0.5)
+    out, lse = paged_partial_attention(
+        q,
+        cache,
+        cache,
+        torch.zeros(2, 4, dtype=torch.int32),
+        torch.tensor([0, 0]),
+        torch.tensor([0, 1, 2]),
+        0.5,
+    )
     assert torch.equal(out, torch.zeros_like(out)) and torch.isneginf(lse).all()
 
 
@@ -55,9 +64,18 @@ def test_causal_mask_hides_everything_for_a_shard_that_only_holds_the_future():
     # rank 1 of KVP 2 holds global block 1 (positions 16..31); a query at position 3 sees none of it
     q = torch.randn(1, 2, 8)
     cache = torch.randn(2, 16, 1, 8)
-    out, lse = paged_partial_attention(q, cache, cache, torch.tensor([[0, 1]]), torch.tensor([16]),
-                                       torch.tensor([0, 1]), 0.5, query_positions=torch.tensor([3]),
-                                       kvp_rank=1, kvp_size=2)
+    out, lse = paged_partial_attention(
+        q,
+        cache,
+        cache,
+        torch.tensor([[0, 1]]),
+        torch.tensor([16]),
+        torch.tensor([0, 1]),
+        0.5,
+        query_positions=torch.tensor([3]),
+        kvp_rank=1,
+        kvp_size=2,
+    )
     assert torch.isneginf(lse).all() and not out.isnan().any() and torch.equal(out, torch.zeros_like(out))
 
 
@@ -67,6 +85,6 @@ def test_pack_roundtrip_is_bit_exact_for_bf16():
     lse[0, 0] = -math.inf
     packed = pack_partials(out, lse, 3)
     assert packed.shape == (3, 5, 2, 10)
-    o, l = unpack_partials(packed, 8)
+    o, unpacked_lse = unpack_partials(packed, 8)
     assert torch.equal(o.transpose(0, 1).reshape(5, 6, 8), out)
-    assert torch.equal(l.transpose(0, 1).reshape(5, 6), lse)
+    assert torch.equal(unpacked_lse.transpose(0, 1).reshape(5, 6), lse)

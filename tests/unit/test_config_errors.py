@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Pre-spawn validation (`vllm_helix.validation`): every kind of configuration Helix cannot run gives one clear
-error naming the values and what works; configurations that work pass. Pure: no vLLM import (except the check
-that the worker's backend choice refuses what validation refuses, which imports the worker module)."""
+"""Pre-spawn validation (`vllm_helix.validation`): every kind of configuration Helix cannot run gives one
+clear error naming the values and what works; configurations that work pass. Pure: no vLLM import (except the
+check that the worker's backend choice refuses what validation refuses, which imports the worker module)."""
 
 import types
 
@@ -19,7 +19,7 @@ from vllm_helix.validation import (
 )
 
 LLAMA = ("LlamaForCausalLM",)
-SMOL = dict(num_heads=9, num_kv_heads=3, architectures=LLAMA)      # SmolLM2-135M
+SMOL = dict(num_heads=9, num_kv_heads=3, architectures=LLAMA)  # SmolLM2-135M
 MQA = dict(num_heads=8, num_kv_heads=1, architectures=LLAMA)
 DEEPSEEK = dict(num_heads=16, num_kv_heads=16, architectures=("DeepseekV3ForCausalLM",))
 GQA2 = dict(num_heads=8, num_kv_heads=2, architectures=LLAMA)
@@ -35,19 +35,39 @@ def error_of(s: HelixSetup) -> str:
     return str(e.value)
 
 
-@pytest.mark.parametrize("s", [
-    setup(), setup(3, 3, SMOL), setup(3, 1, SMOL), setup(1, 1, SMOL), setup(4, 2, GQA2), setup(2, 2, GQA2),
-    setup(block_size=32), setup(block_size=128, interleave=1), setup(block_size=32, interleave=16),
-    setup(block_size=64, interleave=64), setup(kv_cache_dtype="bfloat16"), setup(runner_type="generate"),
-    setup(model_impl="vllm"), setup(additional_config={"helix": {"hop_b": False, "kernels": "torch"}}),
-    setup(additional_config={"helix": {"kernels": "triton"}}, triton_interpret=True),
-    setup(additional_config={"helix": {"kernels": "triton"}}, device="cuda", block_size=16),
-    setup(additional_config={"other_plugin": 1}), setup(additional_config=None),
-    HelixSetup(4, 2),  # model not read yet: only the grid arithmetic is checked
-    # DeepSeek MLA: latent KV counts as 1 KV head; vLLM's CPU platform picks block 16, which the Helix MLA backend runs
-    setup(2, 2, dict(num_heads=16, num_kv_heads=16, architectures=("DeepseekV3ForCausalLM",)), use_mla=True,
-          block_size=16),
-])
+@pytest.mark.parametrize(
+    "s",
+    [
+        setup(),
+        setup(3, 3, SMOL),
+        setup(3, 1, SMOL),
+        setup(1, 1, SMOL),
+        setup(4, 2, GQA2),
+        setup(2, 2, GQA2),
+        setup(block_size=32),
+        setup(block_size=128, interleave=1),
+        setup(block_size=32, interleave=16),
+        setup(block_size=64, interleave=64),
+        setup(kv_cache_dtype="bfloat16"),
+        setup(runner_type="generate"),
+        setup(model_impl="vllm"),
+        setup(additional_config={"helix": {"hop_b": False, "kernels": "torch"}}),
+        setup(additional_config={"helix": {"kernels": "triton"}}, triton_interpret=True),
+        setup(additional_config={"helix": {"kernels": "triton"}}, device="cuda", block_size=16),
+        setup(additional_config={"other_plugin": 1}),
+        setup(additional_config=None),
+        HelixSetup(4, 2),  # model not read yet: only the grid arithmetic is checked
+        # DeepSeek MLA: latent KV counts as 1 KV head; vLLM's CPU platform picks block 16, which the Helix MLA
+        # backend runs
+        setup(
+            2,
+            2,
+            dict(num_heads=16, num_kv_heads=16, architectures=("DeepseekV3ForCausalLM",)),
+            use_mla=True,
+            block_size=16,
+        ),
+    ],
+)
 def test_configurations_that_work_pass(s):
     assert setup_problems(s) == []
     assert isinstance(validate_setup(s), HelixConfig)
@@ -55,71 +75,167 @@ def test_configurations_that_work_pass(s):
 
 # (kind, setup, fragments the message must contain: the values and what works)
 INVALID = [
-    ("query heads not divisible by N", setup(2, 2, SMOL),
-     ["-tp 2 -dcp 2", "query heads (9)", "-tp 3 -dcp 3 (KVP 3 × TPA 1)"]),
-    ("-tp not divisible by -dcp (model known)", setup(4, 3, MQA),
-     ["-tp (4) must be divisible by -dcp (3)", "-tp 4 -dcp 2"]),
-    ("-tp not divisible by -dcp (model not read yet)", HelixSetup(4, 3),
-     ["-tp 4 is not divisible by -dcp 3", "-dcp in [1, 2, 4]", "-tp 3 or 6"]),
-    ("KV heads not divisible by TPA", setup(4, 2, dict(num_heads=12, num_kv_heads=3, architectures=LLAMA)),
-     ["KV heads (3) must be divisible by TPA = N/KVP (2)", "-tp 4 -dcp 4"]),
-    ("TPA above KV heads and not a multiple", setup(12, 3, dict(num_heads=12, num_kv_heads=3, architectures=LLAMA)),
-     ["TPA = N/KVP (4) exceeds KV heads (3)", "-tp 12 -dcp 4"]),
-    ("query heads not a multiple of KV heads", setup(1, 1, dict(num_heads=8, num_kv_heads=3, architectures=LLAMA)),
-     ["query heads (8) must be a multiple of KV heads (3)"]),
-    ("pipeline parallel", setup(pipeline_parallel_size=2),
-     ["--pipeline-parallel-size 2", "use --pipeline-parallel-size 1"]),
+    (
+        "query heads not divisible by N",
+        setup(2, 2, SMOL),
+        ["-tp 2 -dcp 2", "query heads (9)", "-tp 3 -dcp 3 (KVP 3 × TPA 1)"],
+    ),
+    (
+        "-tp not divisible by -dcp (model known)",
+        setup(4, 3, MQA),
+        ["-tp (4) must be divisible by -dcp (3)", "-tp 4 -dcp 2"],
+    ),
+    (
+        "-tp not divisible by -dcp (model not read yet)",
+        HelixSetup(4, 3),
+        ["-tp 4 is not divisible by -dcp 3", "-dcp in [1, 2, 4]", "-tp 3 or 6"],
+    ),
+    (
+        "KV heads not divisible by TPA",
+        setup(4, 2, dict(num_heads=12, num_kv_heads=3, architectures=LLAMA)),
+        ["KV heads (3) must be divisible by TPA = N/KVP (2)", "-tp 4 -dcp 4"],
+    ),
+    (
+        "TPA above KV heads and not a multiple",
+        setup(12, 3, dict(num_heads=12, num_kv_heads=3, architectures=LLAMA)),
+        ["TPA = N/KVP (4) exceeds KV heads (3)", "-tp 12 -dcp 4"],
+    ),
+    (
+        "query heads not a multiple of KV heads",
+        setup(1, 1, dict(num_heads=8, num_kv_heads=3, architectures=LLAMA)),
+        ["query heads (8) must be a multiple of KV heads (3)"],
+    ),
+    (
+        "pipeline parallel",
+        setup(pipeline_parallel_size=2),
+        ["--pipeline-parallel-size 2", "use --pipeline-parallel-size 1"],
+    ),
     ("data parallel", setup(data_parallel_size=2), ["--data-parallel-size 2", "use --data-parallel-size 1"]),
-    ("prefill context parallel", setup(prefill_context_parallel_size=2),
-     ["--prefill-context-parallel-size 2", "use --prefill-context-parallel-size 1"]),
-    ("unsupported architecture", setup(model=dict(num_heads=8, num_kv_heads=8, architectures=("GPT2LMHeadModel",))),
-     ["architecture GPT2LMHeadModel is not supported", "LlamaForCausalLM", "drop --worker-cls vllm_helix.Worker"]),
-    ("no architecture", setup(model=dict(num_heads=8, num_kv_heads=1, architectures=())),
-     ["architecture (none) is not supported"]),
-    ("MLA outside the DeepSeek models", setup(use_mla=True),
-     ["MLA attention in LlamaForCausalLM is supported by Helix only for DeepseekV2ForCausalLM", "stock vLLM"]),
-    ("sliding window", setup(sliding_window=4096), ["sliding-window attention (window 4096)",
-                                                   "--disable-sliding-window"]),
+    (
+        "prefill context parallel",
+        setup(prefill_context_parallel_size=2),
+        ["--prefill-context-parallel-size 2", "use --prefill-context-parallel-size 1"],
+    ),
+    (
+        "unsupported architecture",
+        setup(model=dict(num_heads=8, num_kv_heads=8, architectures=("GPT2LMHeadModel",))),
+        [
+            "architecture GPT2LMHeadModel is not supported",
+            "LlamaForCausalLM",
+            "drop --worker-cls vllm_helix.Worker",
+        ],
+    ),
+    (
+        "no architecture",
+        setup(model=dict(num_heads=8, num_kv_heads=1, architectures=())),
+        ["architecture (none) is not supported"],
+    ),
+    (
+        "MLA outside the DeepSeek models",
+        setup(use_mla=True),
+        [
+            "MLA attention in LlamaForCausalLM is supported by Helix only for DeepseekV2ForCausalLM",
+            "stock vLLM",
+        ],
+    ),
+    (
+        "sliding window",
+        setup(sliding_window=4096),
+        ["sliding-window attention (window 4096)", "--disable-sliding-window"],
+    ),
     ("attention soft-cap", setup(attn_softcap=50.0), ["soft-capping (50.0)", "stock vLLM"]),
     ("ALiBi", setup(alibi=True), ["ALiBi", "stock vLLM"]),
     ("fp8 KV cache", setup(kv_cache_dtype="fp8"), ["--kv-cache-dtype fp8", "--kv-cache-dtype auto"]),
     ("fp8_e5m2 KV cache", setup(kv_cache_dtype="fp8_e5m2"), ["--kv-cache-dtype fp8_e5m2"]),
     ("quantized checkpoint", setup(quantization="awq"), ["quantization 'awq'", "unquantized"]),
     ("pooling runner", setup(runner_type="pooling"), ["--runner pooling", "--runner generate"]),
-    ("Transformers model impl", setup(model_impl="transformers"),
-     ["--model-impl transformers", "--model-impl auto"]),
+    (
+        "Transformers model impl",
+        setup(model_impl="transformers"),
+        ["--model-impl transformers", "--model-impl auto"],
+    ),
     ("block size not a multiple of 32 on CPU", setup(block_size=16), ["--block-size 16", "--block-size 32"]),
     ("block size 48 on CPU", setup(block_size=48), ["--block-size 48", "--block-size 64"]),
     ("block size 0", setup(block_size=0), ["--block-size 0 must be ≥ 1"]),
-    ("interleave not dividing the block", setup(block_size=32, interleave=12),
-     ["--cp-kv-cache-interleave-size 12 does not divide the block size 32", "[1, 2, 4, 8, 16, 32]", "unset"]),
-    ("interleave larger than the block", setup(block_size=32, interleave=64),
-     ["--cp-kv-cache-interleave-size 64 does not divide the block size 32"]),
+    (
+        "interleave not dividing the block",
+        setup(block_size=32, interleave=12),
+        [
+            "--cp-kv-cache-interleave-size 12 does not divide the block size 32",
+            "[1, 2, 4, 8, 16, 32]",
+            "unset",
+        ],
+    ),
+    (
+        "interleave larger than the block",
+        setup(block_size=32, interleave=64),
+        ["--cp-kv-cache-interleave-size 64 does not divide the block size 32"],
+    ),
     ("interleave 0", setup(interleave=0), ["--cp-kv-cache-interleave-size 0 must be ≥ 1"]),
-    ("unknown helix key", setup(additional_config={"helix": {"hopb": True}}),
-     ["unknown --additional-config helix key(s) ['hopb']", "valid keys: ['exchange', 'hop_b', 'hop_b_slices', 'kernels', 'metrics']"]),
-    ("bad helix value", setup(additional_config={"helix": {"hop_b": "sometimes"}}),
-     ['helix.hop_b must be "auto", true or false', "'sometimes'"]),
-    ("helix value of the wrong type", setup(additional_config={"helix": {"hop_b_slices": "4"}}),
-     ["helix.hop_b_slices must be an integer ≥ 2 or null, got '4'"]),
-    ("bad helix exchange", setup(additional_config={"helix": {"exchange": "tcp"}}),
-     ['helix.exchange must be "auto", "shm" or "gloo"', "'tcp'"]),
-    ("helix bool of the wrong type", setup(additional_config={"helix": {"metrics": "yes"}}),
-     ["helix.metrics must be true or false, got 'yes'"]),
-    ("helix kernels unknown", setup(additional_config={"helix": {"kernels": "cuda"}}),
-     ['helix.kernels must be "auto", "native", "torch" or "triton"', "'cuda'"]),
-    ("helix section not an object", setup(additional_config={"helix": [1]}),
-     ['"helix" must be a JSON object, got [1]']),
-    ("additional config not an object", setup(additional_config="helix"),
-     ["--additional-config must be a JSON object, got 'helix'"]),
-    ("Triton kernels on CPU", setup(additional_config={"helix": {"kernels": "triton"}}),
-     ['helix.kernels "triton" needs CUDA', '"auto" or "torch"']),
-    ("native kernels on CUDA", setup(additional_config={"helix": {"kernels": "native"}}, device="cuda",
-                                     block_size=64),
-     ['helix.kernels "native" runs the C++ CPU ops and cannot run on cuda', 'use "auto" (Triton)']),
-    ("MLA on CUDA", setup(2, 2, DEEPSEEK, use_mla=True, device="cuda", block_size=64),
-     ["MLA attention (DeepseekV3ForCausalLM) on CUDA", "runs on CPU only",
-      "without --worker-cls vllm_helix.Worker", "`vllm serve MODEL -tp N -dcp KVP`", "or run Helix on CPU"]),
+    (
+        "unknown helix key",
+        setup(additional_config={"helix": {"hopb": True}}),
+        [
+            "unknown --additional-config helix key(s) ['hopb']",
+            "valid keys: ['exchange', 'hop_b', 'hop_b_slices', 'kernels', 'metrics']",
+        ],
+    ),
+    (
+        "bad helix value",
+        setup(additional_config={"helix": {"hop_b": "sometimes"}}),
+        ['helix.hop_b must be "auto", true or false', "'sometimes'"],
+    ),
+    (
+        "helix value of the wrong type",
+        setup(additional_config={"helix": {"hop_b_slices": "4"}}),
+        ["helix.hop_b_slices must be an integer ≥ 2 or null, got '4'"],
+    ),
+    (
+        "bad helix exchange",
+        setup(additional_config={"helix": {"exchange": "tcp"}}),
+        ['helix.exchange must be "auto", "shm" or "gloo"', "'tcp'"],
+    ),
+    (
+        "helix bool of the wrong type",
+        setup(additional_config={"helix": {"metrics": "yes"}}),
+        ["helix.metrics must be true or false, got 'yes'"],
+    ),
+    (
+        "helix kernels unknown",
+        setup(additional_config={"helix": {"kernels": "cuda"}}),
+        ['helix.kernels must be "auto", "native", "torch" or "triton"', "'cuda'"],
+    ),
+    (
+        "helix section not an object",
+        setup(additional_config={"helix": [1]}),
+        ['"helix" must be a JSON object, got [1]'],
+    ),
+    (
+        "additional config not an object",
+        setup(additional_config="helix"),
+        ["--additional-config must be a JSON object, got 'helix'"],
+    ),
+    (
+        "Triton kernels on CPU",
+        setup(additional_config={"helix": {"kernels": "triton"}}),
+        ['helix.kernels "triton" needs CUDA', '"auto" or "torch"'],
+    ),
+    (
+        "native kernels on CUDA",
+        setup(additional_config={"helix": {"kernels": "native"}}, device="cuda", block_size=64),
+        ['helix.kernels "native" runs the C++ CPU ops and cannot run on cuda', 'use "auto" (Triton)'],
+    ),
+    (
+        "MLA on CUDA",
+        setup(2, 2, DEEPSEEK, use_mla=True, device="cuda", block_size=64),
+        [
+            "MLA attention (DeepseekV3ForCausalLM) on CUDA",
+            "runs on CPU only",
+            "without --worker-cls vllm_helix.Worker",
+            "`vllm serve MODEL -tp N -dcp KVP`",
+            "or run Helix on CPU",
+        ],
+    ),
 ]
 
 
@@ -136,12 +252,24 @@ def test_at_least_twelve_kinds_are_covered():
 
 
 def test_every_problem_is_listed_at_once():
-    s = setup(2, 2, SMOL, pipeline_parallel_size=2, kv_cache_dtype="fp8", block_size=16,
-              additional_config={"helix": {"bogus": 1}})
+    s = setup(
+        2,
+        2,
+        SMOL,
+        pipeline_parallel_size=2,
+        kv_cache_dtype="fp8",
+        block_size=16,
+        additional_config={"helix": {"bogus": 1}},
+    )
     message = error_of(s)
     assert len(setup_problems(s)) == 5 and message.count("\n  - ") == 5
-    for fragment in ("query heads (9)", "--pipeline-parallel-size 2", "--kv-cache-dtype fp8", "--block-size 16",
-                     "['bogus']"):
+    for fragment in (
+        "query heads (9)",
+        "--pipeline-parallel-size 2",
+        "--kv-cache-dtype fp8",
+        "--block-size 16",
+        "['bogus']",
+    ):
         assert fragment in message
 
 
@@ -171,14 +299,16 @@ def test_the_worker_refuses_mla_on_cuda_with_the_same_decision(monkeypatch):
     from vllm_helix import worker
 
     monkeypatch.setattr(worker, "current_platform", types.SimpleNamespace(is_cpu=lambda: False))
-    config = types.SimpleNamespace(model_config=types.SimpleNamespace(use_mla=True,
-                                                                      architectures=["DeepseekV2ForCausalLM"]),
-                                   parallel_config=types.SimpleNamespace())
+    config = types.SimpleNamespace(
+        model_config=types.SimpleNamespace(use_mla=True, architectures=["DeepseekV2ForCausalLM"]),
+        parallel_config=types.SimpleNamespace(),
+    )
     with pytest.raises(HelixConfigError, match=r"MLA attention \(DeepseekV2ForCausalLM\) on CUDA"):
         worker._install_backend(config)
 
 
-# ---- the patch wrappers: no-ops (the original called with the same arguments) unless the Helix worker is used ----
+# ---- the patch wrappers: no-ops (the original called with the same arguments) unless the Helix worker is on
+
 
 def _recorder():
     calls = []
@@ -191,10 +321,20 @@ def _recorder():
 
 
 def _engine_args(**kw):
-    base = dict(worker_cls="auto", tensor_parallel_size=4, decode_context_parallel_size=3, pipeline_parallel_size=1,
-                data_parallel_size=1, prefill_context_parallel_size=1, block_size=None,
-                cp_kv_cache_interleave_size=None, kv_cache_dtype="auto", quantization=None, model_impl="auto",
-                additional_config={})
+    base = dict(
+        worker_cls="auto",
+        tensor_parallel_size=4,
+        decode_context_parallel_size=3,
+        pipeline_parallel_size=1,
+        data_parallel_size=1,
+        prefill_context_parallel_size=1,
+        block_size=None,
+        cp_kv_cache_interleave_size=None,
+        kv_cache_dtype="auto",
+        quantization=None,
+        model_impl="auto",
+        additional_config={},
+    )
     base.update(kw)
     return types.SimpleNamespace(**base)
 
@@ -224,7 +364,9 @@ def test_create_engine_config_wrapper_refuses_before_the_original_runs(monkeypat
 def test_verify_with_parallel_config_wrapper_leaves_stock_vllm_alone():
     original, calls = _recorder()
     wrapped = patches._helix_verify_with_parallel_config(original)
-    pc = types.SimpleNamespace(worker_cls="vllm.v1.worker.cpu_worker.CPUWorker", decode_context_parallel_size=3)
+    pc = types.SimpleNamespace(
+        worker_cls="vllm.v1.worker.cpu_worker.CPUWorker", decode_context_parallel_size=3
+    )
     assert wrapped("model-config", pc) == "original-result"
     assert calls == [("model-config", (pc,), {})] and pc.decode_context_parallel_size == 3
 
@@ -235,7 +377,8 @@ def test_shm_unlink_only_in_a_helix_worker_and_only_the_group(tmp_path, monkeypa
         (tmp_path / name).write_bytes(b"x")
     assert sorted(patches.unlink_shm_segments(group, str(tmp_path))) == [f"{group}_0", f"{group}_1"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["vllm_dist_other-tp:0-[0-1]-cpushm_0", f"{group}_x", "psm_123"])
+        ["vllm_dist_other-tp:0-[0-1]-cpushm_0", f"{group}_x", "psm_123"]
+    )
 
     unlinked = []
     monkeypatch.setattr(patches, "unlink_shm_segments", lambda name: unlinked.append(name))

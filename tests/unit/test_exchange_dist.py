@@ -51,9 +51,9 @@ from vllm_helix.runtime import HelixStats
 from vllm_helix.sharding import local_lengths, local_slot, owner_rank
 from vllm_helix.slot_mapping import compute_slot_mapping
 
-H, D, BLOCK = 24, 32, 16     # H divides every N below (2, 3, 4, 6, 8); D a multiple of 16 (native kernel)
+H, D, BLOCK = 24, 32, 16  # H divides every N below (2, 3, 4, 6, 8); D a multiple of 16 (native kernel)
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
-GARBAGE = 1e3                # unowned cache slots: reading one would move O far beyond the tolerance
+GARBAGE = 1e3  # unowned cache slots: reading one would move O far beyond the tolerance
 GRIDS = [(kvp, tpa) for kvp in (2, 3, 4) for tpa in (1, 2)]
 # KV heads per grid: GQA with TPA < K and TPA = K, MQA (K = 1 = TPA), and TPA > K (the KV head replicated)
 KV_HEADS = {(2, 1): 2, (2, 2): 2, (3, 1): 1, (3, 2): 1, (4, 1): 3, (4, 2): 4}
@@ -61,6 +61,7 @@ HOP_B_SLICES = 3
 
 
 # ---- the batch every rank builds (same seed), its fp64 reference, and one rank's share of it -------------
+
 
 def make_batch(kvp: int, kv_heads: int, seed: int) -> dict:
     """Decode requests first (one query token each, at the last position), then prefill chunks (the last `c`
@@ -72,8 +73,11 @@ def make_batch(kvp: int, kv_heads: int, seed: int) -> dict:
         return int(torch.randint(lo, hi, (1,), generator=gen))
 
     decode = [1, BLOCK - 3, BLOCK + 1, BLOCK * kvp] + [rand(2, 6 * BLOCK * kvp) for _ in range(3)]
-    prefill = [(2 * BLOCK * kvp + 5, 2 * BLOCK + 3), (BLOCK + 7, BLOCK + 7),
-               (rand(BLOCK, 4 * BLOCK * kvp), 5)]
+    prefill = [
+        (2 * BLOCK * kvp + 5, 2 * BLOCK + 3),
+        (BLOCK + 7, BLOCK + 7),
+        (rand(BLOCK, 4 * BLOCK * kvp), 5),
+    ]
     seqs = [(s, 1) for s in decode] + [(s, min(c, s)) for s, c in prefill]
     q, k, v, positions, starts = [], [], [], [], [0]
     for seq_len, chunk in seqs:
@@ -82,8 +86,16 @@ def make_batch(kvp: int, kv_heads: int, seed: int) -> dict:
         v.append(0.5 * torch.randn(seq_len, kv_heads, D, generator=gen))  # |O| < 2: bf16 rounding stays small
         positions.append(torch.arange(seq_len - chunk, seq_len))
         starts.append(starts[-1] + chunk)
-    return {"seqs": seqs, "num_decode": len(decode), "kv_heads": kv_heads, "q": q, "k": k, "v": v,
-            "positions": torch.cat(positions), "query_start_loc": torch.tensor(starts)}
+    return {
+        "seqs": seqs,
+        "num_decode": len(decode),
+        "kv_heads": kv_heads,
+        "q": q,
+        "k": k,
+        "v": v,
+        "positions": torch.cat(positions),
+        "query_start_loc": torch.tensor(starts),
+    }
 
 
 def reference(batch: dict, dtype: torch.dtype, heads: range, scale: float) -> torch.Tensor:
@@ -94,7 +106,7 @@ def reference(batch: dict, dtype: torch.dtype, heads: range, scale: float) -> to
     outs = []
     for (seq_len, chunk), *qkv in zip(batch["seqs"], batch["q"], batch["k"], batch["v"], strict=True):
         q, k, v = (x.to(dtype).double() for x in qkv)
-        s = torch.einsum("thd,jhd->thj", q[:, list(heads)], k[:, kv_of]) * scale   # (chunk, |heads|, S)
+        s = torch.einsum("thd,jhd->thj", q[:, list(heads)], k[:, kv_of]) * scale  # (chunk, |heads|, S)
         hidden = torch.arange(seq_len)[None, :] > torch.arange(seq_len - chunk, seq_len)[:, None]
         s = s.masked_fill(hidden[:, None, :], float("-inf"))
         outs.append(torch.einsum("thj,jhd->thd", torch.softmax(s, dim=-1), v[:, kv_of]))
@@ -116,7 +128,7 @@ def local_share(batch: dict, grid: HelixGrid, rank: int, dtype: torch.dtype) -> 
     table = torch.full((len(lens), max(blocks) + 1), int(perm[-1]), dtype=torch.int32)  # padding: garbage
     used = 0
     for seq, ((seq_len, _), n) in enumerate(zip(batch["seqs"], lens, strict=True)):
-        table[seq, :blocks[seq]] = perm[used:used + blocks[seq]]
+        table[seq, : blocks[seq]] = perm[used : used + blocks[seq]]
         used += blocks[seq]
         owned = [p for p in range(seq_len) if owner_rank(p, BLOCK, grid.kvp) == k]
         assert [local_slot(p, BLOCK, grid.kvp) for p in owned] == list(range(n))  # sharding.py agrees
@@ -125,16 +137,26 @@ def local_share(batch: dict, grid: HelixGrid, rank: int, dtype: torch.dtype) -> 
             rows = table[seq, idx // BLOCK].long()
             key_cache[rows, idx % BLOCK] = batch["k"][seq][owned][:, kv_slice]
             value_cache[rows, idx % BLOCK] = batch["v"][seq][owned][:, kv_slice]
-    query = torch.cat(batch["q"])[:, list(grid.attention_heads(rank))]                 # (tokens, H/TPA, D)
-    return {"query": query.to(dtype), "key_cache": key_cache.to(dtype), "value_cache": value_cache.to(dtype),
-            "block_table": table, "local_seq_lens": torch.tensor(lens)}
+    query = torch.cat(batch["q"])[:, list(grid.attention_heads(rank))]  # (tokens, H/TPA, D)
+    return {
+        "query": query.to(dtype),
+        "key_cache": key_cache.to(dtype),
+        "value_cache": value_cache.to(dtype),
+        "block_table": table,
+        "local_seq_lens": torch.tensor(lens),
+    }
 
 
 def _metadata(batch: dict, share: dict) -> SimpleNamespace:
     """The fields of the Helix backend's metadata that HOP-B reads."""
-    return SimpleNamespace(num_reqs=len(batch["seqs"]), num_decode_tokens=batch["num_decode"],
-                           query_start_loc=batch["query_start_loc"], block_table=share["block_table"],
-                           local_seq_lens=share["local_seq_lens"], query_positions=batch["positions"])
+    return SimpleNamespace(
+        num_reqs=len(batch["seqs"]),
+        num_decode_tokens=batch["num_decode"],
+        query_start_loc=batch["query_start_loc"],
+        block_table=share["block_table"],
+        local_seq_lens=share["local_seq_lens"],
+        query_positions=batch["positions"],
+    )
 
 
 def _check(name: str, got: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> None:
@@ -153,8 +175,10 @@ def _groups(grid: HelixGrid, rank: int):
     if rank >= grid.world_size:
         return None
     t, k = grid.coords(rank)
-    for group, size, expect in ((kvp_groups[t], grid.kvp, [[t, i] for i in range(grid.kvp)]),
-                                (tpa_groups[k], grid.tpa, [[i, k] for i in range(grid.tpa)])):
+    for group, size, expect in (
+        (kvp_groups[t], grid.kvp, [[t, i] for i in range(grid.kvp)]),
+        (tpa_groups[k], grid.tpa, [[i, k] for i in range(grid.tpa)]),
+    ):
         coords = [torch.zeros(2, dtype=torch.int64) for _ in range(size)]
         dist.all_gather(coords, torch.tensor([t, k]), group=group)
         assert [c.tolist() for c in coords] == expect
@@ -163,14 +187,32 @@ def _groups(grid: HelixGrid, rank: int):
 
 # ---- one grid on one rank ---------------------------------------------------------------------------------
 
-def _hop_b(share: dict, batch: dict, grid: HelixGrid, rank: int, scale: float, kernels: str, sliced: bool,
-           kvp_group, shm) -> tuple[torch.Tensor, HelixStats]:
+
+def _hop_b(
+    share: dict,
+    batch: dict,
+    grid: HelixGrid,
+    rank: int,
+    scale: float,
+    kernels: str,
+    sliced: bool,
+    kvp_group,
+    shm,
+) -> tuple[torch.Tensor, HelixStats]:
     """`attend_and_exchange` with a runtime carrying what the Helix worker sets (vllm_helix.runtime)."""
     config = HelixConfig(hop_b=sliced, hop_b_slices=HOP_B_SLICES if sliced else None, kernels=kernels)
-    rt = SimpleNamespace(grid=grid, config=config, kvp_rank=grid.coords(rank)[1], interleave=BLOCK,
-                         kvp_group=kvp_group, kvp_exchange=shm, stats=HelixStats())
-    out = attend_and_exchange(share["query"], share["key_cache"], share["value_cache"],
-                              _metadata(batch, share), scale, rt)
+    rt = SimpleNamespace(
+        grid=grid,
+        config=config,
+        kvp_rank=grid.coords(rank)[1],
+        interleave=BLOCK,
+        kvp_group=kvp_group,
+        kvp_exchange=shm,
+        stats=HelixStats(),
+    )
+    out = attend_and_exchange(
+        share["query"], share["key_cache"], share["value_cache"], _metadata(batch, share), scale, rt
+    )
     assert rt.stats.exchanges == (HOP_B_SLICES + 1 if sliced else 1)  # decode slices + the prefill slice
     return out, rt.stats
 
@@ -178,15 +220,24 @@ def _hop_b(share: dict, batch: dict, grid: HelixGrid, rank: int, scale: float, k
 def _check_grid(rank: int, grid: HelixGrid, kvp_group, shm, seed: int) -> None:
     kvp, kvp_rank = grid.kvp, grid.coords(rank)[1]
     batch = make_batch(kvp, grid.num_kv_heads, seed)
-    scale = D ** -0.5
+    scale = D**-0.5
     empty_shards = 0
     for dtype in (torch.float32, torch.bfloat16):
-        ref = reference(batch, dtype, grid.output_heads(rank), scale)                  # (tokens, H/N, D) fp64
+        ref = reference(batch, dtype, grid.output_heads(rank), scale)  # (tokens, H/N, D) fp64
         share = local_share(batch, grid, rank, dtype)
         out, lse = paged_partial_attention(
-            share["query"], share["key_cache"], share["value_cache"], share["block_table"],
-            share["local_seq_lens"], batch["query_start_loc"], scale, batch["positions"], kvp_rank, kvp,
-            BLOCK)                                                      # (tokens, H/TPA, D), (tokens, H/TPA)
+            share["query"],
+            share["key_cache"],
+            share["value_cache"],
+            share["block_table"],
+            share["local_seq_lens"],
+            batch["query_start_loc"],
+            scale,
+            batch["positions"],
+            kvp_rank,
+            kvp,
+            BLOCK,
+        )  # (tokens, H/TPA, D), (tokens, H/TPA)
         empty = torch.isneginf(lse)
         assert torch.all(out[empty] == 0), "an empty shard must give O = 0"
         empty_shards += int(empty.all(dim=1).sum())
@@ -223,8 +274,9 @@ def _rank_all_grids(rank: int, world_size: int, grids: list[tuple[int, int]], na
         if native:
             from vllm_helix.kernels.cpu_shm_collectives import ShmGroup
 
-            shm = ShmGroup(kvp_group, grid.kvp_group(grid.coords(rank)[0]), grid.coords(rank)[1],
-                              slot_bytes=1 << 20)
+            shm = ShmGroup(
+                kvp_group, grid.kvp_group(grid.coords(rank)[0]), grid.coords(rank)[1], slot_bytes=1 << 20
+            )
         try:
             _check_grid(rank, grid, kvp_group, shm, 100 * kvp + tpa)
         except AssertionError as e:
@@ -240,11 +292,14 @@ def test_exchange_matches_single_rank_attention_on_every_grid(spawn_ranks):
     unavailable = cpu_build.load()  # builds the native ops once here (cached), before 8 ranks load them
     spawn_ranks(max(k * t for k, t in GRIDS), _rank_all_grids, GRIDS, unavailable is None, timeout=240)
     if unavailable is not None:
-        pytest.skip(f"gloo and torch-kernel paths passed; native kernels + shared-memory exchange not run: "
-                    f"{unavailable}")
+        pytest.skip(
+            f"gloo and torch-kernel paths passed; native kernels + shared-memory exchange not run: "
+            f"{unavailable}"
+        )
 
 
 # ---- the slot mapping the Helix worker installs agrees with vllm_helix.sharding ---------------------------
+
 
 @pytest.mark.parametrize("kvp", [1, 2, 3, 4])
 def test_slot_mapping_agrees_with_sharding(kvp):
@@ -253,7 +308,7 @@ def test_slot_mapping_agrees_with_sharding(kvp):
     slot = table[req, local_slot // B] · B + local_slot mod B; PAD on every other rank."""
     gen = torch.Generator().manual_seed(kvp)
     seq_lens = [1, BLOCK - 1, BLOCK * kvp, BLOCK * kvp + 1, 5 * BLOCK + 7, 200]
-    chunks = [1, 3, BLOCK * kvp, 2, 5 * BLOCK + 7, 64]            # the last `chunk` tokens are scheduled
+    chunks = [1, 3, BLOCK * kvp, 2, 5 * BLOCK + 7, 64]  # the last `chunk` tokens are scheduled
     max_virtual = max(-(-s // (BLOCK * kvp)) for s in seq_lens)
     table = torch.randperm(len(seq_lens) * max_virtual, generator=gen).view(len(seq_lens), max_virtual)
     positions = torch.cat([torch.arange(s - c, s) for s, c in zip(seq_lens, chunks, strict=True)])
@@ -263,8 +318,20 @@ def test_slot_mapping_agrees_with_sharding(kvp):
     seen = torch.zeros(n, dtype=torch.int64)
     for rank in range(kvp):
         slots = torch.empty(n + 5, dtype=torch.int64)
-        compute_slot_mapping(n, n + 5, starts, positions, table.to(torch.int32), table.shape[1], slots, BLOCK,
-                             kvp, rank, BLOCK, PAD_ID=-1)
+        compute_slot_mapping(
+            n,
+            n + 5,
+            starts,
+            positions,
+            table.to(torch.int32),
+            table.shape[1],
+            slots,
+            BLOCK,
+            kvp,
+            rank,
+            BLOCK,
+            PAD_ID=-1,
+        )
         assert torch.all(slots[n:] == -1)
         for i in range(n):
             p, r = int(positions[i]), int(req[i])

@@ -21,7 +21,7 @@ def test_output_heads_are_the_kvp_chunks_of_the_tpa_shard():
         for r in range(n):
             t, j = g.coords(r)
             shard = list(g.attention_heads(r))
-            chunk = shard[j * g.heads_per_rank:(j + 1) * g.heads_per_rank]
+            chunk = shard[j * g.heads_per_rank : (j + 1) * g.heads_per_rank]
             assert chunk == list(g.output_heads(r))
 
 
@@ -30,13 +30,16 @@ def test_tpa_smaller_than_kv_heads_is_allowed():
     assert g.tpa == 1 and g.kv_heads_per_tpa_rank == 3 and g.heads_per_tpa_rank == 9
 
 
-@pytest.mark.parametrize("n,kvp,h,k,needle", [
-    (4, 3, 8, 2, "divisible by -dcp"),
-    (4, 2, 9, 3, "query heads (9) must be divisible by N"),
-    (6, 2, 12, 4, "KV heads (4) must be divisible by TPA"),
-    (6, 2, 12, 2, "exceeds KV heads (2) and is not a multiple"),
-    (8, 1, 16, 3, "multiple of KV heads"),
-])
+@pytest.mark.parametrize(
+    "n,kvp,h,k,needle",
+    [
+        (4, 3, 8, 2, "divisible by -dcp"),
+        (4, 2, 9, 3, "query heads (9) must be divisible by N"),
+        (6, 2, 12, 4, "KV heads (4) must be divisible by TPA"),
+        (6, 2, 12, 2, "exceeds KV heads (2) and is not a multiple"),
+        (8, 1, 16, 3, "multiple of KV heads"),
+    ],
+)
 def test_impossible_grids_name_values_and_a_working_grid(n, kvp, h, k, needle):
     with pytest.raises(HelixConfigError) as e:
         HelixGrid(n, kvp, h, k)

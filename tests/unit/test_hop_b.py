@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Slice planning of HOP-B, and the backend's kernel selection (CUDA → Triton launchers, CPU → torch)."""
 
+import itertools
 from types import SimpleNamespace
 
 import torch
@@ -15,7 +16,7 @@ from vllm_helix.runtime import HelixStats
 def test_plan_slices_cover_requests_in_order():
     cfg = HelixConfig()
     assert plan_slices(1, 1, 2, cfg) == [(0, 1)]
-    assert plan_slices(8, 8, 1, cfg) == [(0, 8)]                       # KVP 1: nothing to overlap
+    assert plan_slices(8, 8, 1, cfg) == [(0, 8)]  # KVP 1: nothing to overlap
     assert plan_slices(8, 8, 2, HelixConfig(hop_b=False)) == [(0, 8)]
     assert plan_slices(8, 8, 2, cfg) == [(0, 2), (2, 4), (4, 6), (6, 8)]
     assert plan_slices(5, 3, 2, cfg) == [(0, 1), (1, 2), (2, 3), (3, 5)]  # prefills ride as one last slice
@@ -26,7 +27,7 @@ def test_plan_slices_cover_requests_in_order():
     assert len(plan_slices(40, 40, 2, cfg, auto_min_decode_reqs=32)) == 4
     for n, d in [(7, 7), (9, 4), (3, 0)]:
         s = plan_slices(n, d, 2, cfg)
-        assert s[0][0] == 0 and s[-1][1] == n and all(a[1] == b[0] for a, b in zip(s, s[1:]))
+        assert s[0][0] == 0 and s[-1][1] == n and all(a[1] == b[0] for a, b in itertools.pairwise(s))
 
 
 def _decode_case(num_seqs=3, heads=4, kv_heads=2, dim=16, block=16):
@@ -34,11 +35,23 @@ def _decode_case(num_seqs=3, heads=4, kv_heads=2, dim=16, block=16):
     cache_k = torch.randn(12, block, kv_heads, dim)
     cache_v = torch.randn(12, block, kv_heads, dim)
     lens = torch.tensor([5, 17, 40])
-    md = SimpleNamespace(num_reqs=num_seqs, num_decode_tokens=num_seqs, query_start_loc=torch.arange(num_seqs + 1),
-                         block_table=torch.arange(12, dtype=torch.int32).view(3, 4), local_seq_lens=lens,
-                         query_positions=lens - 1)
-    rt = SimpleNamespace(grid=HelixGrid(1, 1, heads, kv_heads, block), config=HelixConfig(), kvp_rank=0,
-                         interleave=block, kvp_group=None, kvp_exchange=None, stats=HelixStats())
+    md = SimpleNamespace(
+        num_reqs=num_seqs,
+        num_decode_tokens=num_seqs,
+        query_start_loc=torch.arange(num_seqs + 1),
+        block_table=torch.arange(12, dtype=torch.int32).view(3, 4),
+        local_seq_lens=lens,
+        query_positions=lens - 1,
+    )
+    rt = SimpleNamespace(
+        grid=HelixGrid(1, 1, heads, kv_heads, block),
+        config=HelixConfig(),
+        kvp_rank=0,
+        interleave=block,
+        kvp_group=None,
+        kvp_exchange=None,
+        stats=HelixStats(),
+    )
     return torch.randn(num_seqs, heads, dim), cache_k, cache_v, md, rt
 
 

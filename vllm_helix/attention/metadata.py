@@ -1,10 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
 """Per-step attention metadata of the Helix backend (vLLM 0.32 v1 `AttentionMetadataBuilder`).
 
-vLLM's scheduler already works in virtual blocks of block_size × KVP under `-dcp KVP`, so the block table rows a rank
-sees index its *local* blocks directly: local block b of KVP rank k holds the round-robin units b·KVP + k. From the
-global sequence lengths this builder derives what each rank holds (`local_seq_lens`, see `vllm_helix.sharding`)
-and every query token's global position (tokens of a request in one step are the last `query_len` positions).
+vLLM's scheduler already works in virtual blocks of block_size × KVP under `-dcp KVP`, so the block table rows
+a rank sees index its *local* blocks directly: local block b of KVP rank k holds the round-robin units b·KVP +
+k. From the global sequence lengths this builder derives what each rank holds (`local_seq_lens`, see
+`vllm_helix.sharding`) and every query token's global position (tokens of a request in one step are the last
+`query_len` positions).
 """
 
 from __future__ import annotations
@@ -24,25 +25,26 @@ class HelixAttentionMetadata:
     num_actual_tokens: int
     num_reqs: int
     max_query_len: int
-    query_start_loc: torch.Tensor   # (num_reqs + 1,) int64, cpu
-    seq_lens: torch.Tensor          # (num_reqs,) global lengths incl. this step's tokens
-    local_seq_lens: torch.Tensor    # (num_reqs,) tokens this KVP rank holds
-    query_positions: torch.Tensor   # (num_actual_tokens,) global position of each query token
-    block_table: torch.Tensor       # (num_reqs, max_blocks) local block ids
-    slot_mapping: torch.Tensor      # (num_actual_tokens,) local slot or −1 where another rank owns the token
-    num_decode_tokens: int          # leading requests with query_len == 1 (decode)
+    query_start_loc: torch.Tensor  # (num_reqs + 1,) int64, cpu
+    seq_lens: torch.Tensor  # (num_reqs,) global lengths incl. this step's tokens
+    local_seq_lens: torch.Tensor  # (num_reqs,) tokens this KVP rank holds
+    query_positions: torch.Tensor  # (num_actual_tokens,) global position of each query token
+    block_table: torch.Tensor  # (num_reqs, max_blocks) local block ids
+    slot_mapping: torch.Tensor  # (num_actual_tokens,) local slot or −1 where another rank owns the token
+    num_decode_tokens: int  # leading requests with query_len == 1 (decode)
     causal: bool = True
 
 
-def build_helix_metadata(cm: CommonAttentionMetadata, kvp: int, kvp_rank: int, interleave: int,
-                         causal: bool = True) -> HelixAttentionMetadata:
+def build_helix_metadata(
+    cm: CommonAttentionMetadata, kvp: int, kvp_rank: int, interleave: int, causal: bool = True
+) -> HelixAttentionMetadata:
     """Derive the Helix view of one step from vLLM's common metadata (pure tensor math)."""
     num_reqs, num_tokens = cm.num_reqs, cm.num_actual_tokens
     qsl = cm.query_start_loc_cpu[: num_reqs + 1].to(torch.int64)
     seq_lens = cm.seq_lens[:num_reqs].to("cpu", torch.int64)
-    query_lens = qsl[1:] - qsl[:-1]                                           # (num_reqs,)
+    query_lens = qsl[1:] - qsl[:-1]  # (num_reqs,)
     req_of_token = torch.repeat_interleave(torch.arange(num_reqs), query_lens)  # (num_tokens,)
-    first_pos = seq_lens - query_lens                                           # (num_reqs,)
+    first_pos = seq_lens - query_lens  # (num_reqs,)
     positions = first_pos[req_of_token] + (torch.arange(num_tokens) - qsl[:-1][req_of_token])
     decode_reqs = int((query_lens == 1).cumprod(0).sum())
     return HelixAttentionMetadata(
@@ -63,8 +65,14 @@ def build_helix_metadata(cm: CommonAttentionMetadata, kvp: int, kvp_rank: int, i
 class HelixAttentionMetadataBuilder(CPUAttentionMetadataBuilder):
     """CPU builder's setup (ISA for the KV-write kernel), Helix metadata instead of the C++ scheduler's."""
 
-    def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata,
-              fast_build: bool = False) -> HelixAttentionMetadata:
+    def build(
+        self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata, fast_build: bool = False
+    ) -> HelixAttentionMetadata:
         rt = get_runtime()
-        return build_helix_metadata(common_attn_metadata, rt.grid.kvp, rt.kvp_rank, rt.interleave,
-                                    causal=bool(common_attn_metadata.causal))
+        return build_helix_metadata(
+            common_attn_metadata,
+            rt.grid.kvp,
+            rt.kvp_rank,
+            rt.interleave,
+            causal=bool(common_attn_metadata.causal),
+        )

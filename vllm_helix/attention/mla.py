@@ -1,23 +1,25 @@
 # SPDX-License-Identifier: Apache-2.0
 """Helix MLA (DeepSeek V2/V3) on vLLM 0.32: a CPU MLA backend whose decode returns the LSE, any dims.
 
-Helix for MLA is TPA = 1 (or any TPA), KVP = N: the latent cache entry [c_j (kv_lora_rank C) | k_pe_j (rope R)]
-is one KV "head", so it is sharded over the KVP ranks round-robin by block (vLLM's DCP slot mapping with
+Helix for MLA is TPA = 1 (or any TPA), KVP = N: the latent cache entry [c_j (kv_lora_rank C) | k_pe_j (rope
+R)] is one KV "head", so it is sharded over the KVP ranks round-robin by block (vLLM's DCP slot mapping with
 `cp_kv_cache_interleave_size = block_size`, set by the Helix worker) instead of being duplicated by TP.
 
-vLLM's own MLA layer (`MLAAttention.forward_impl`) already runs the Helix data flow once the backend can return an
-LSE; this module only supplies that backend and the exchange. Per decode step and layer, on rank r of a KVP group:
+vLLM's own MLA layer (`MLAAttention.forward_impl`) already runs the Helix data flow once the backend can
+return an LSE; this module only supplies that backend and the exchange. Per decode step and layer, on rank r
+of a KVP group:
 
     q (B, H_g, C + R)    absorbed query (W_UK folded in) for the group's H_g = H/TPA heads: with
-                         `dcp_q_replicate` (set by the worker) q_b_proj is replicated over the group, so no query
-                         all-gather — Helix's replicated query projection
-    (O_r, LSE_r)         = absorbed decode attention over this rank's latent shard      O_r (B, H_g, C)  [here]
-    O (B, H/N, C)        = all-to-all over the KVP group + exact LSE combine               [here, `_helix_combine`]
+                         `dcp_q_replicate` (set by the worker) q_b_proj is replicated over the group, so no
+                         query all-gather — Helix's replicated query projection
+    (O_r, LSE_r)         = absorbed decode attention over this rank's latent shard   O_r (B, H_g, C)  [here]
+    O (B, H/N, C)        = all-to-all over the KVP group + exact LSE combine      [here, `_helix_combine`]
                            O = Σ_r exp(LSE_r − LSE) · O_r,  LSE = log Σ_r exp(LSE_r)
     W_UV, o_proj         applied by vLLM for the rank's H/N heads (v_up_proj, RowParallelLinear at TP = N)
 
-Because the combine is linear in O_r and W_UV is per head, applying W_UV after the combine is exact; the rank's
-H/N heads after the all-to-all are heads [r·H/N, (r+1)·H/N) — the slice its TP = N `kv_b_proj`/`o_proj` hold.
+Because the combine is linear in O_r and W_UV is per head, applying W_UV after the combine is exact; the
+rank's H/N heads after the all-to-all are heads [r·H/N, (r+1)·H/N) — the slice its TP = N `kv_b_proj`/`o_proj`
+hold.
 
 Prefill (vLLM's MHA path) stays exact without an exchange: on CPU, vLLM disables chunked prefill and prefix
 caching for MLA, so a prompt has no cached context and every rank attends over the prompt's freshly computed
@@ -54,8 +56,14 @@ class HelixMLAMetadataBuilder(MLACommonMetadataBuilder):
     """vLLM's MLA metadata builder (decode/prefill split, DCP-local sequence lengths), any head size."""
 
     def __init__(self, kv_cache_spec, layer_names, vllm_config, device, metadata_cls=None, **kwargs) -> None:
-        super().__init__(kv_cache_spec, layer_names, vllm_config, device,
-                         metadata_cls=metadata_cls or HelixMLAMetadata, **kwargs)
+        super().__init__(
+            kv_cache_spec,
+            layer_names,
+            vllm_config,
+            device,
+            metadata_cls=metadata_cls or HelixMLAMetadata,
+            **kwargs,
+        )
 
 
 class HelixMLABackend(CPUMLABackend):
@@ -79,7 +87,7 @@ class HelixMLABackend(CPUMLABackend):
         return True
 
     @staticmethod
-    def get_impl_cls() -> type["HelixMLAImpl"]:
+    def get_impl_cls() -> type[HelixMLAImpl]:
         return HelixMLAImpl
 
     @staticmethod
@@ -87,9 +95,17 @@ class HelixMLABackend(CPUMLABackend):
         return HelixMLAMetadataBuilder
 
 
-def _helix_combine(partial_out: torch.Tensor, partial_lse: torch.Tensor, *, group, kvp: int, rt,
-                   seq_lens: torch.Tensor | None = None, query_start_loc: torch.Tensor | None = None,
-                   **_unused) -> torch.Tensor:
+def _helix_combine(
+    partial_out: torch.Tensor,
+    partial_lse: torch.Tensor,
+    *,
+    group,
+    kvp: int,
+    rt,
+    seq_lens: torch.Tensor | None = None,
+    query_start_loc: torch.Tensor | None = None,
+    **_unused,
+) -> torch.Tensor:
     """vLLM's `MLADCPManager.combine` signature: partials (B, H_g, C) + LSE (B, H_g) → exact (B, H_g/KVP, C).
 
     One all-to-all of packed (O, LSE) over the KVP group, then the exact LSE combine (`vllm_helix.exchange`).
@@ -115,13 +131,17 @@ class HelixMLAImpl(CPUMLAImpl):
         dcp_world_size, dcp_rank = self.dcp_world_size, self.dcp_rank  # set by AttentionImplBase.__new__
         super().__init__(*args, **kwargs)
         if self.kv_cache_dtype not in ("auto", "bfloat16", "float16", "float32"):
-            raise NotImplementedError("Helix MLA does not support a quantized KV cache yet; run without "
-                                      "--worker-cls vllm_helix.Worker")
+            raise NotImplementedError(
+                "Helix MLA does not support a quantized KV cache yet; run without "
+                "--worker-cls vllm_helix.Worker"
+            )
         # CPUMLAImpl pins DCP off (its kernel has no LSE); this impl supports it.
         self.dcp_world_size, self.dcp_rank = dcp_world_size, dcp_rank
         from vllm.config import get_current_vllm_config
 
-        self.cp_kv_cache_interleave_size = get_current_vllm_config().parallel_config.cp_kv_cache_interleave_size
+        self.cp_kv_cache_interleave_size = (
+            get_current_vllm_config().parallel_config.cp_kv_cache_interleave_size
+        )
         self._layer_key = f"mla@{id(self)}"
 
     def _install_combine(self, layer: AttentionLayer) -> None:
@@ -130,12 +150,18 @@ class HelixMLAImpl(CPUMLAImpl):
         if manager is None or getattr(manager, "helix_combine", False):
             return
         rt = get_runtime()
-        manager.combine = lambda out, lse, **kw: _helix_combine(out, lse, group=manager.group.device_group,
-                                                                kvp=manager.group.world_size, rt=rt, **kw)
+        manager.combine = lambda out, lse, **kw: _helix_combine(
+            out, lse, group=manager.group.device_group, kvp=manager.group.world_size, rt=rt, **kw
+        )
         manager.helix_combine = True
 
-    def forward_mqa(self, q: torch.Tensor | tuple[torch.Tensor, torch.Tensor], kv_c_and_k_pe_cache: torch.Tensor,
-                    attn_metadata, layer: AttentionLayer) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_mqa(
+        self,
+        q: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+        kv_c_and_k_pe_cache: torch.Tensor,
+        attn_metadata,
+        layer: AttentionLayer,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Absorbed decode over the local shard: q (B, H_g, C + R) or (q_nope (B, H_g, C), q_pe (B, H_g, R))
         → O (B, H_g, C), LSE (B, H_g) fp32, base e (−inf / 0 for an empty shard)."""
         decode = attn_metadata.decode
@@ -147,8 +173,14 @@ class HelixMLAImpl(CPUMLAImpl):
         started = time.perf_counter()
         force = get_runtime().config.kernels if has_runtime() else None
         out, lse = dispatch.mla_decode_attention(
-            q_nope, q_pe, kv_c_and_k_pe_cache, decode.block_table, decode.seq_lens,  # seq_lens: local under DCP
-            self.scale, force=force)
+            q_nope,
+            q_pe,
+            kv_c_and_k_pe_cache,
+            decode.block_table,
+            decode.seq_lens,  # seq_lens: local under DCP
+            self.scale,
+            force=force,
+        )
         if has_runtime():
             get_runtime().stats.attention_seconds += time.perf_counter() - started
             if self.dcp_world_size > 1:
@@ -157,9 +189,17 @@ class HelixMLAImpl(CPUMLAImpl):
             return out, None
         return out, lse
 
-    def do_kv_cache_update(self, kv_c_normed: torch.Tensor, k_pe: torch.Tensor, kv_cache: torch.Tensor,
-                           slot_mapping: torch.Tensor, kv_cache_dtype: str, k_scale: torch.Tensor) -> None:
-        """Write [c | k_pe] (tokens, C + R) of the tokens this rank owns (slot ≥ 0) into (blocks, bs, C + R)."""
+    def do_kv_cache_update(
+        self,
+        kv_c_normed: torch.Tensor,
+        k_pe: torch.Tensor,
+        kv_cache: torch.Tensor,
+        slot_mapping: torch.Tensor,
+        kv_cache_dtype: str,
+        k_scale: torch.Tensor,
+    ) -> None:
+        """Write [c | k_pe] (tokens, C + R) of the tokens this rank owns (slot ≥ 0) into (blocks, bs, C +
+        R)."""
         super().do_kv_cache_update(kv_c_normed, k_pe, kv_cache, slot_mapping, kv_cache_dtype, k_scale)
         if kv_cache.numel() == 0 or not has_runtime():
             return

@@ -8,5 +8,16 @@ from vllm_helix.planner.cost import PRECISIONS, Estimate, Grid, Precision, estim
 from vllm_helix.planner.hardware import PROFILES, Hardware, get_hardware
 from vllm_helix.planner.models import BUILTIN, ModelSpec, load_model
 
-__all__ = ["BUILTIN", "PRECISIONS", "PROFILES", "Estimate", "Grid", "Hardware", "ModelSpec", "Precision",
-           "estimate", "get_hardware", "load_model"]
+__all__ = [
+    "BUILTIN",
+    "PRECISIONS",
+    "PROFILES",
+    "Estimate",
+    "Grid",
+    "Hardware",
+    "ModelSpec",
+    "Precision",
+    "estimate",
+    "get_hardware",
+    "load_model",
+]

@@ -1,15 +1,16 @@
 # SPDX-License-Identifier: Apache-2.0
 """The ceilings of a roofline on this machine, measured (pure torch; no vLLM), and the bound they give.
 
-- Read bandwidth: a vectorised read (`x.sum()` over fp32) of a buffer of a given size — larger than the last-level
-  cache for DRAM, or the size the data really has (a rank's KV over all layers may sit in a large L3). A copy is
+- Read bandwidth: a vectorised read (`x.sum()` over fp32) of a buffer of a given size — larger than the
+  last-level cache for DRAM, or the size the data really has (a rank's KV over all layers may sit in a large
+  L3). A copy is
   not a read probe: it writes as much as it reads.
 - Compute rate: fp32 FMA via a square fp32 GEMM (what the native decode kernel's arithmetic runs on: bf16 is
   widened to fp32), and the bf16 GEMM rate (bf16 dot products where the CPU has them).
 
 For an attention call that reads `nbytes` of KV and does `flops` (4·heads·keys·D for decode: Q·K and P·V):
 
-    bound = max(nbytes / read_bandwidth, flops / compute_rate)         fraction of bound = bound / measured time
+    bound = max(nbytes / read_bandwidth, flops / compute_rate)      fraction of bound = bound / measured time
 """
 
 from __future__ import annotations
@@ -54,18 +55,23 @@ def gemm_rate(dtype: torch.dtype = torch.float32, threads: int = 1, n: int = 102
 
 
 def measure(data_bytes: list[int] | None = None, threads: int = 1, dram_bytes: int = 1 << 30) -> dict:
-    """The ceilings in one dict: read GB/s at DRAM size and at each size in `data_bytes`, fp32 / bf16 GFLOP/s."""
+    """The ceilings in one dict: read GB/s at DRAM size and at each size in `data_bytes`, fp32 / bf16
+    GFLOP/s."""
     sizes = sorted({dram_bytes, *(data_bytes or [])})
-    return {"threads": threads,
-            "read_GBps": {str(s): round(read_bandwidth(s, threads) / 1e9, 2) for s in sizes},
-            "dram_bytes": dram_bytes,
-            "fp32_fma_GFLOPs": round(gemm_rate(torch.float32, threads) / 1e9, 1),
-            "bf16_GFLOPs": round(gemm_rate(torch.bfloat16, threads, n=512, reps=3) / 1e9, 1)}
+    return {
+        "threads": threads,
+        "read_GBps": {str(s): round(read_bandwidth(s, threads) / 1e9, 2) for s in sizes},
+        "dram_bytes": dram_bytes,
+        "fp32_fma_GFLOPs": round(gemm_rate(torch.float32, threads) / 1e9, 1),
+        "bf16_GFLOPs": round(gemm_rate(torch.bfloat16, threads, n=512, reps=3) / 1e9, 1),
+    }
 
 
-def decode_attention_cost(keys: int, heads: int, kv_heads: int, head_dim: int, dtype_bytes: int,
-                          batch: int = 1) -> tuple[int, int]:
-    """(KV bytes read, FLOP) of one decode attention call: every key and value row once, Q·K and P·V per head."""
+def decode_attention_cost(
+    keys: int, heads: int, kv_heads: int, head_dim: int, dtype_bytes: int, batch: int = 1
+) -> tuple[int, int]:
+    """(KV bytes read, FLOP) of one decode attention call: every key and value row once, Q·K and P·V per
+    head."""
     return (batch * keys * kv_heads * 2 * head_dim * dtype_bytes, batch * 4 * heads * keys * head_dim)
 
 

@@ -1,9 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """``vllm-helix plan`` and ``vllm-helix simulate``: argparse front ends over the pure planner.
 
-    vllm-helix plan --model deepseek-r1 --hardware gb200-nvl72 --context 1M --ttl-ms 30 --gpus 64
-    vllm-helix plan --model smollm2-135m --hardware cpu --context 4096 --ttl-ms 200 --gpus 3
-    vllm-helix simulate --paper --json --plot pareto.png
+vllm-helix plan --model deepseek-r1 --hardware gb200-nvl72 --context 1M --ttl-ms 30 --gpus 64
+vllm-helix plan --model smollm2-135m --hardware cpu --context 4096 --ttl-ms 200 --gpus 3
+vllm-helix simulate --paper --json --plot pareto.png
 """
 
 from __future__ import annotations
@@ -37,10 +37,19 @@ def parse_context(text: str) -> int:
 def _describe(e: Estimate) -> dict:
     g = e.grid
     return {
-        "strategy": g.strategy, "n_gpus": g.n_gpus, "batch": g.batch, "kvp": g.kvp, "tpa": g.tpa,
-        "tpf": g.tpf, "ep": g.ep, "pp": g.pp, "hop_b": g.hop_b, "hop_b_slices": e.hop_b_slices,
+        "strategy": g.strategy,
+        "n_gpus": g.n_gpus,
+        "batch": g.batch,
+        "kvp": g.kvp,
+        "tpa": g.tpa,
+        "tpf": g.tpf,
+        "ep": g.ep,
+        "pp": g.pp,
+        "hop_b": g.hop_b,
+        "hop_b_slices": e.hop_b_slices,
         "ttl_ms": round(e.ttl_s * 1e3, 4),
-        "tokens_per_s_user": round(e.tokens_per_s_user, 3), "tokens_per_s_gpu": round(e.tokens_per_s_gpu, 4),
+        "tokens_per_s_user": round(e.tokens_per_s_user, 3),
+        "tokens_per_s_gpu": round(e.tokens_per_s_gpu, 4),
         "memory_gb": {k: round(v / 1e9, 3) for k, v in e.mem.items()},
     }
 
@@ -56,8 +65,19 @@ def serve_command(model_id: str, e: Estimate, context: int, hardware: str) -> tu
     if helix["hop_b"]:
         helix["hop_b_slices"] = e.hop_b_slices
     extra = json.dumps({"helix": helix})
-    cmd = ["vllm", "serve", model_id, "--worker-cls", "vllm_helix.Worker", "-tp", str(g.n_gpus),
-           "-dcp", str(g.kvp), "--additional-config", extra]
+    cmd = [
+        "vllm",
+        "serve",
+        model_id,
+        "--worker-cls",
+        "vllm_helix.Worker",
+        "-tp",
+        str(g.n_gpus),
+        "-dcp",
+        str(g.kvp),
+        "--additional-config",
+        extra,
+    ]
     if g.ep > 1:
         cmd.append("--enable-expert-parallel")
     cmd += ["--max-model-len", str(context), "--max-num-seqs", str(g.batch)]
@@ -65,20 +85,27 @@ def serve_command(model_id: str, e: Estimate, context: int, hardware: str) -> tu
     if hardware == "cpu":
         cmd += ["--dtype", "bfloat16", "--enforce-eager", "--host", "127.0.0.1"]
         kv_gib = max(1, math.ceil(e.mem["kv"] / 2**30))  # KV space per worker, GiB
-        env = {"VLLM_CPU_KVCACHE_SPACE": str(kv_gib),
-               "VLLM_CPU_OMP_THREADS_BIND": "|".join(str(r % 2) for r in range(g.n_gpus)),
-               "VLLM_HOST_IP": "127.0.0.1", "HF_HUB_OFFLINE": "1"}
+        env = {
+            "VLLM_CPU_KVCACHE_SPACE": str(kv_gib),
+            "VLLM_CPU_OMP_THREADS_BIND": "|".join(str(r % 2) for r in range(g.n_gpus)),
+            "VLLM_HOST_IP": "127.0.0.1",
+            "HF_HUB_OFFLINE": "1",
+        }
     return env, " ".join(c if c.startswith("$(") else shlex.quote(c) for c in cmd)
 
 
 def _plan_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="vllm-helix plan", description="Pick the Helix grid for a model, "
-                                 "hardware, context and token-to-token latency budget; print the vllm serve "
-                                 "line.")
+    ap = argparse.ArgumentParser(
+        prog="vllm-helix plan",
+        description="Pick the Helix grid for a model, "
+        "hardware, context and token-to-token latency budget; print the vllm serve "
+        "line.",
+    )
     ap.add_argument("--model", required=True, help=f"built-in ({', '.join(BUILTIN)}) or path to config.json")
     ap.add_argument("--hardware", default="gb200-nvl72", choices=sorted(PROFILES))
-    ap.add_argument("--context", type=parse_context, default=parse_context("128K"),
-                    help="KV length: 1M, 128K, 4096")
+    ap.add_argument(
+        "--context", type=parse_context, default=parse_context("128K"), help="KV length: 1M, 128K, 4096"
+    )
     ap.add_argument("--ttl-ms", type=float, default=50.0, help="token-to-token latency budget (ms)")
     ap.add_argument("--gpus", type=int, help="devices in the pool (default: try every size in the domain)")
     ap.add_argument("--dtype", choices=sorted(PRECISIONS), help="weights/KV/math dtype (default: hardware's)")
@@ -98,10 +125,14 @@ def plan_main(argv: list[str]) -> int:
         return 2
     prec = PRECISIONS[args.dtype or hw.default_dtype]
     limit = min(hw.domain_size, 64)
-    gpus = [args.gpus] if args.gpus else sorted(
-        {n for n in range(1, limit + 1) if n in gpu_counts(limit) or model.n_heads % n == 0})
-    strategies = ("helix",) + tuple(b for b in BASELINES if (b != "medha" or not model.is_moe)
-                                   and (b != "ep" or model.is_moe))
+    gpus = (
+        [args.gpus]
+        if args.gpus
+        else sorted({n for n in range(1, limit + 1) if n in gpu_counts(limit) or model.n_heads % n == 0})
+    )
+    strategies = ("helix",) + tuple(
+        b for b in BASELINES if (b != "medha" or not model.is_moe) and (b != "ep" or model.is_moe)
+    )
     pts = sweep(model, hw, prec, args.context, strategies, gpus)
     if model.is_mla:  # the runtime's MLA path has no HOP-B, one exchange per layer (docs/mla-moe.md)
         pts = [e for e in pts if not (e.grid.strategy == "helix" and e.grid.hop_b)]
@@ -109,16 +140,26 @@ def plan_main(argv: list[str]) -> int:
     if best is None:
         fastest = min((e for e in pts if e.grid.strategy == "helix"), key=lambda e: e.ttl_s, default=None)
         hint = f"the fastest Helix grid needs {fastest.ttl_s * 1e3:.2f} ms" if fastest else "none fits memory"
-        print(f"error: no Helix grid of {model.name} on {hw.name} meets TTL <= {args.ttl_ms} ms at context "
-              f"{args.context} ({hint}); raise --ttl-ms, add --gpus or shorten --context", file=sys.stderr)
+        print(
+            f"error: no Helix grid of {model.name} on {hw.name} meets TTL <= {args.ttl_ms} ms at context "
+            f"{args.context} ({hint}); raise --ttl-ms, add --gpus or shorten --context",
+            file=sys.stderr,
+        )
         return 1
     budget = args.ttl_ms / 1e3
     runners = {s: best_under_ttl([e for e in pts if e.grid.strategy == s], budget) for s in strategies[1:]}
     env, cmd = serve_command(model.hf_id, best, args.context, hw.name)
-    out = {"model": model.name, "hardware": hw.name, "context": args.context, "ttl_budget_ms": args.ttl_ms,
-           "dtype": prec.math, "best": _describe(best),
-           "baselines": {s: (_describe(e) if e else None) for s, e in runners.items()},
-           "env": env, "command": cmd}
+    out = {
+        "model": model.name,
+        "hardware": hw.name,
+        "context": args.context,
+        "ttl_budget_ms": args.ttl_ms,
+        "dtype": prec.math,
+        "best": _describe(best),
+        "baselines": {s: (_describe(e) if e else None) for s, e in runners.items()},
+        "env": env,
+        "command": cmd,
+    }
     if args.json:
         print(json.dumps(out, indent=1))
         return 0
@@ -129,14 +170,18 @@ def plan_main(argv: list[str]) -> int:
 def _fmt(d: dict) -> str:
     grid = f"N={d['n_gpus']} KVP={d['kvp']} TPA={d['tpa']} TPF={d['tpf']} EP={d['ep']} PP={d['pp']}"
     mem = sum(d["memory_gb"].values())
-    return (f"{d['strategy']:<6} {grid:<40} B={d['batch']:<5} TTL {d['ttl_ms']:8.3f} ms  "
-            f"{d['tokens_per_s_user']:9.1f} tok/s/user  {d['tokens_per_s_gpu']:9.2f} tok/s/GPU  "
-            f"{mem:7.1f} GB")
+    return (
+        f"{d['strategy']:<6} {grid:<40} B={d['batch']:<5} TTL {d['ttl_ms']:8.3f} ms  "
+        f"{d['tokens_per_s_user']:9.1f} tok/s/user  {d['tokens_per_s_gpu']:9.2f} tok/s/GPU  "
+        f"{mem:7.1f} GB"
+    )
 
 
 def _print_plan(out: dict) -> None:
-    print(f"Helix plan for {out['model']} on {out['hardware']} ({out['dtype']}), context {out['context']:,}, "
-          f"TTL budget {out['ttl_budget_ms']} ms")
+    print(
+        f"Helix plan for {out['model']} on {out['hardware']} ({out['dtype']}), context {out['context']:,}, "
+        f"TTL budget {out['ttl_budget_ms']} ms"
+    )
     best = out["best"]
     hop_b = f"on, {best['hop_b_slices']} slices" if best["hop_b"] and best["hop_b_slices"] > 1 else "off"
     print(f"  best   {_fmt(best)}  HOP-B {hop_b}")
@@ -150,33 +195,53 @@ def _print_plan(out: dict) -> None:
 
 
 def _simulate_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="vllm-helix simulate", description="Reproduce the Helix paper's "
-                                 "experiment: GB200 NVL72, FP4, 1M context, 1-64 GPUs, DeepSeek-R1 and "
-                                 "Llama-405B.")
+    ap = argparse.ArgumentParser(
+        prog="vllm-helix simulate",
+        description="Reproduce the Helix paper's "
+        "experiment: GB200 NVL72, FP4, 1M context, 1-64 GPUs, DeepSeek-R1 and "
+        "Llama-405B.",
+    )
     ap.add_argument("--paper", action="store_true", required=True, help="run the paper's experiment")
     ap.add_argument("--json", action="store_true", help="print only the headline ratios as one JSON object")
     ap.add_argument("--plot", metavar="PNG", help="write the Pareto figure to this PNG")
-    ap.add_argument("--explain", action="store_true", help="print one Helix layer term by term (Markdown): "
-                    "best-interactivity grid at B = 1 and 8, and the point where HOP-B off costs most")
+    ap.add_argument(
+        "--explain",
+        action="store_true",
+        help="print one Helix layer term by term (Markdown): "
+        "best-interactivity grid at B = 1 and 8, and the point where HOP-B off costs most",
+    )
     ap.add_argument("--hardware", default="gb200-nvl72", choices=sorted(PROFILES))
     ap.add_argument("--coll-latency-us", type=float, help="override the per-collective latency")
-    ap.add_argument("--mla-a2a", choices=("latent", "v_head"), default="latent",
-                    help="MLA all-to-all payload per head: the kv_lora_rank latent with v_b_proj after the "
-                    "exchange (default: what vllm-helix and TensorRT-LLM run) or the v_head_dim output, "
-                    "v_b_proj before the exchange on every KVP rank")
-    ap.add_argument("--wire-dtype", choices=("bf16", "fp8", "fp4"), default="bf16",
-                    help="dtype of activations and partial outputs in every collective (default bf16)")
-    ap.add_argument("--hop-b-off", choices=("batched", "lockstep"), default="batched",
-                    help="Helix without HOP-B: one all-to-all per batch (default) or one per request, "
-                    "not overlapped (the paper's Fig. 3 lockstep)")
+    ap.add_argument(
+        "--mla-a2a",
+        choices=("latent", "v_head"),
+        default="latent",
+        help="MLA all-to-all payload per head: the kv_lora_rank latent with v_b_proj after the "
+        "exchange (default: what vllm-helix and TensorRT-LLM run) or the v_head_dim output, "
+        "v_b_proj before the exchange on every KVP rank",
+    )
+    ap.add_argument(
+        "--wire-dtype",
+        choices=("bf16", "fp8", "fp4"),
+        default="bf16",
+        help="dtype of activations and partial outputs in every collective (default bf16)",
+    )
+    ap.add_argument(
+        "--hop-b-off",
+        choices=("batched", "lockstep"),
+        default="batched",
+        help="Helix without HOP-B: one all-to-all per batch (default) or one per request, "
+        "not overlapped (the paper's Fig. 3 lockstep)",
+    )
     return ap
 
 
 def simulate_main(argv: list[str]) -> int:
     """Entry point of ``vllm-helix simulate``; returns the exit status."""
     args = _simulate_parser().parse_args(argv)
-    hw = dataclasses.replace(get_hardware(args.hardware, args.coll_latency_us),
-                             a2a_lockstep=args.hop_b_off == "lockstep")
+    hw = dataclasses.replace(
+        get_hardware(args.hardware, args.coll_latency_us), a2a_lockstep=args.hop_b_off == "lockstep"
+    )
     models = dict(BUILTIN)
     latent = args.mla_a2a == "latent"
     models["deepseek-r1"] = dataclasses.replace(models["deepseek-r1"], mla_a2a_latent=latent)
@@ -198,9 +263,11 @@ def simulate_main(argv: list[str]) -> int:
         print(explain(res, models, hw, prec, PAPER_CONTEXT), end="")
         return 0
     paper = {"deepseek-r1": (1.5, 32.0, 0.01), "llama-405b": (1.13, 4.0, 0.12)}
-    print(f"Helix paper experiment on {hw.name} (FP4, context 1M, 1-64 GPUs, collective latency "
-          f"{hw.coll_latency_s * 1e6:g} us, wire {args.wire_dtype}, MLA a2a {args.mla_a2a}, HOP-B off "
-          f"{args.hop_b_off})")
+    print(
+        f"Helix paper experiment on {hw.name} (FP4, context 1M, 1-64 GPUs, collective latency "
+        f"{hw.coll_latency_s * 1e6:g} us, wire {args.wire_dtype}, MLA a2a {args.mla_a2a}, HOP-B off "
+        f"{args.hop_b_off})"
+    )
     print(f"{'model':<12} {'metric':<30} {'ours':>8} {'vs TP':>8} {'paper':>8}")
     for name, r in res.items():
         for i, key in enumerate(("max_interactivity_gain", "throughput_gain_at_equal_ttl", "hop_b_off_loss")):

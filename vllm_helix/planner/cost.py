@@ -214,15 +214,19 @@ def _moe_active(m: ModelSpec, local_experts: float, tokens: int) -> float:
     return local_experts * (1.0 - (1.0 - m.top_k / m.n_experts) ** tokens)
 
 
-def _ffn(g: Grid, m: ModelSpec, hw: Hardware, p: Precision, moe: bool,
-         tokens: int) -> tuple[float, float, float]:
+def _ffn(
+    g: Grid, m: ModelSpec, hw: Hardware, p: Precision, moe: bool, tokens: int
+) -> tuple[float, float, float]:
     """(compute, communication) seconds of one FFN layer on one device, and the bytes each collective of that
     communication carries per device."""
     w, h, cb = g.ffn_width, m.hidden, p.comm_bytes
     if not moe:
         params = m.dense_ffn_params / w
-        return (phase(hw, p, params * p.weight_bytes, 2 * tokens * params), allreduce(hw, w, tokens * h * cb),
-                tokens * h * cb)
+        return (
+            phase(hw, p, params * p.weight_bytes, 2 * tokens * params),
+            allreduce(hw, w, tokens * h * cb),
+            tokens * h * cb,
+        )
     routed = _moe_active(m, m.n_experts / g.ep, tokens) * m.expert_params / g.tpf
     if g.strategy == "ep":  # DP attention: shared expert replicated, tokens dispatched/combined by all-to-all
         t_loc = math.ceil(tokens / g.n_gpus)
@@ -267,11 +271,21 @@ def layer_detail(g: Grid, m: ModelSpec, hw: Hardware, p: Precision, s: int, moe:
     ar_bytes = 0.0 if g.strategy == "ep" else tokens * m.hidden * p.comm_bytes
     ar_o = allreduce(hw, o_w, ar_bytes)
     ffn, ffn_comm, ffn_comm_bytes = _ffn(g, m, hw, p, moe, g.batch if g.strategy == "ep" else tokens)
-    return {"qkv": t_qkv, "attention": core, "a2a": a2a, "o_proj": t_o, "allreduce": ar_o, "ffn": ffn,
-            "ffn_comm": ffn_comm, "a2a_bytes": a2a_bytes, "ar_bytes": ar_bytes,
-            "ffn_comm_bytes": ffn_comm_bytes,
-            "a2a_batch": alltoall(hw, g.kvp, a2a_bytes) if a2a_bytes else 0.0, "a2a_off": a2a_off,
-            "slices": slices}
+    return {
+        "qkv": t_qkv,
+        "attention": core,
+        "a2a": a2a,
+        "o_proj": t_o,
+        "allreduce": ar_o,
+        "ffn": ffn,
+        "ffn_comm": ffn_comm,
+        "a2a_bytes": a2a_bytes,
+        "ar_bytes": ar_bytes,
+        "ffn_comm_bytes": ffn_comm_bytes,
+        "a2a_batch": alltoall(hw, g.kvp, a2a_bytes) if a2a_bytes else 0.0,
+        "a2a_off": a2a_off,
+        "slices": slices,
+    }
 
 
 def _memory(g: Grid, m: ModelSpec, p: Precision, s: int) -> dict:

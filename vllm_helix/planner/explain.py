@@ -52,29 +52,32 @@ def _column(name: str, m: ModelSpec, hw: Hardware, p: Precision, s: int, g: Grid
     layer_on = layer_off - d["a2a_off"] + d["a2a"]
     comm_off = d["a2a_off"] + d["allreduce"] + d["ffn_comm"]
     needed = PAPER_LOSS[name] * off.ttl_s / (m.n_layers * g.batch)  # wire seconds per request
+    ar_wire = _us(_wire(hw, g.n_gpus, d["ar_bytes"], 2.0))
+    paper_wire = f"wire per request for the paper's {PAPER_LOSS[name]:.0%}: ns (KB), ours"
     return {
         "grid": f"N={g.n_gpus} KVP={g.kvp} TPA={g.tpa} B={g.batch}",
         "QKV projection (µs)": _us(d["qkv"]),
         "attention core (µs)": f"{_us(d['attention'])} ({_us(d['attention'] / g.batch)} per request)",
         "all-to-all: KB sent per GPU, α + wire (µs)": f"{_kb(sent)}, {alpha} + {_us(a2a_wire)}",
         "O-projection (µs)": _us(d["o_proj"]),
-        "O all-reduce: KB per GPU, α + wire (µs)":
-            f"{_kb(d['ar_bytes'])}, {alpha} + {_us(_wire(hw, g.n_gpus, d['ar_bytes'], 2.0))}",
+        "O all-reduce: KB per GPU, α + wire (µs)": f"{_kb(d['ar_bytes'])}, {alpha} + {ar_wire}",
         "FFN (µs)": _us(d["ffn"]),
-        "FFN all-reduce: α + wire (µs)":
-            f"{alpha} + {_us(_wire(hw, g.ffn_width, d['ffn_comm_bytes'], 2.0))}",
+        "FFN all-reduce: α + wire (µs)": f"{alpha} + {_us(_wire(hw, g.ffn_width, d['ffn_comm_bytes'], 2.0))}",
         "layer with HOP-B off (µs); communication share": f"{_us(layer_off)}; {comm_off / layer_off:.1%}",
-        "HOP-B on: slices, layer (µs), hidden (µs)":
-            f"{d['slices']}, {_us(layer_on)}, {_us(layer_off - layer_on)}",
-        "TTL off → on (ms): loss":
-            f"{off.ttl_s * 1e3:.3f} → {on.ttl_s * 1e3:.3f}: {1 - on.ttl_s / off.ttl_s:.1%}",
+        "HOP-B on: slices, layer (µs), hidden (µs)": (
+            f"{d['slices']}, {_us(layer_on)}, {_us(layer_off - layer_on)}"
+        ),
+        "TTL off → on (ms): loss": (
+            f"{off.ttl_s * 1e3:.3f} → {on.ttl_s * 1e3:.3f}: {1 - on.ttl_s / off.ttl_s:.1%}"
+        ),
         "bound L·wire(a2a) / TTL_off": f"{m.n_layers * a2a_wire / off.ttl_s:.2%}",
-        f"wire per request for the paper's {PAPER_LOSS[name]:.0%}: ns (KB), ours":
-            "one request: nothing to pipeline" if g.batch == 1 else
-            f"{needed * 1e9:.0f} ({_kb(needed * hw.link_bw)}), ours {a2a_wire / g.batch * 1e9:.1f} "
-            f"({_kb(sent / g.batch)})",
-        "lockstep off (B exchanges): TTL (ms): loss":
-            f"{lock.ttl_s * 1e3:.3f}: {1 - on.ttl_s / lock.ttl_s:.1%}",
+        paper_wire: "one request: nothing to pipeline"
+        if g.batch == 1
+        else f"{needed * 1e9:.0f} ({_kb(needed * hw.link_bw)}), ours {a2a_wire / g.batch * 1e9:.1f} "
+        f"({_kb(sent / g.batch)})",
+        "lockstep off (B exchanges): TTL (ms): loss": (
+            f"{lock.ttl_s * 1e3:.3f}: {1 - on.ttl_s / lock.ttl_s:.1%}"
+        ),
     }
 
 
@@ -83,10 +86,13 @@ def _slices(g: Grid, d: dict, hw: Hardware) -> list[str]:
     pipelined time ``core/c + a2a(B/c) + (c-1)·max(core/c, a2a(B/c))`` against one batched exchange; up to
     twice the slice count the model picks."""
     core, alpha, wire = d["attention"], hw.coll_latency_s, d["a2a_batch"] - hw.coll_latency_s
-    rows = [f"HOP-B slice by slice at N={g.n_gpus} KVP={g.kvp} TPA={g.tpa} B={g.batch}, attention + "
-            "all-to-all of one layer (µs):", "",
-            "| slices c | attention per slice | exchange per slice: α + wire | pipelined | minus HOP-B off |",
-            "|---|---|---|---|---|"]
+    rows = [
+        f"HOP-B slice by slice at N={g.n_gpus} KVP={g.kvp} TPA={g.tpa} B={g.batch}, attention + "
+        "all-to-all of one layer (µs):",
+        "",
+        "| slices c | attention per slice | exchange per slice: α + wire | pipelined | minus HOP-B off |",
+        "|---|---|---|---|---|",
+    ]
     off, c = core + alpha + wire, 1
     while c <= min(g.batch, max(4, 2 * d["slices"])):
         comp, comm = core / c, alpha + wire / c
@@ -100,9 +106,13 @@ def explain_model(name: str, m: ModelSpec, hw: Hardware, p: Precision, s: int, g
     """Markdown: the per-layer terms of ``grids`` (Helix, HOP-B on), then HOP-B slice by slice for B > 1."""
     cols = [_column(name, m, hw, p, s, g) for g in grids]
     layer = "one MoE layer" if m.is_moe else "one layer"
-    lines = [f"**{name}**, {layer} on one GPU (FP4 weights and KV, {p.comm_bytes:g} B per exchanged element, "
-             f"α = {hw.coll_latency_s * 1e6:g} µs, {hw.link_bw / 1e9:g} GB/s per direction):", "",
-             "| term | " + " | ".join(c["grid"] for c in cols) + " |", "|---|" + "---|" * len(cols)]
+    lines = [
+        f"**{name}**, {layer} on one GPU (FP4 weights and KV, {p.comm_bytes:g} B per exchanged element, "
+        f"α = {hw.coll_latency_s * 1e6:g} µs, {hw.link_bw / 1e9:g} GB/s per direction):",
+        "",
+        "| term | " + " | ".join(c["grid"] for c in cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
     lines += [f"| {k} | " + " | ".join(c[k] for c in cols) + " |" for k in cols[0] if k != "grid"]
     for g in grids:
         if g.batch > 1:
@@ -115,8 +125,10 @@ def explain(results: dict, models: dict, hw: Hardware, p: Precision, s: int) -> 
     out = []
     for name, r in results.items():
         m, helix = models[name], r["helix"]
-        loss = {e.grid: 1 - e.ttl_s / estimate(m, hw, p, s, dataclasses.replace(e.grid, hop_b=False)).ttl_s
-                for e in helix}
+        loss = {
+            e.grid: 1 - e.ttl_s / estimate(m, hw, p, s, dataclasses.replace(e.grid, hop_b=False)).ttl_s
+            for e in helix
+        }
         best = max(helix, key=lambda e: e.tokens_per_s_user).grid
         worst = max(helix, key=lambda e: (loss[e.grid], -e.grid.batch)).grid
         grids = [best, dataclasses.replace(best, batch=FIG3_BATCH), worst]

@@ -83,30 +83,55 @@ PROFILES: dict[str, Hardware] = {
     # usable). Per GPU: 186 GB, 8 TB/s (also the paper's MemBW), 10 PF FP4 / 5 PF FP8 / 2.5 PF BF16 dense.
     # NVLink 5: 1.8 TB/s bidirectional = 900 GB/s per direction.
     "gb200-nvl72": Hardware(
-        "gb200-nvl72", 72, 186 * GB, 8 * TB, {"fp4": 10 * PF, "fp8": 5 * PF, "bf16": 2.5 * PF}, 900 * GB,
+        "gb200-nvl72",
+        72,
+        186 * GB,
+        8 * TB,
+        {"fp4": 10 * PF, "fp8": 5 * PF, "bf16": 2.5 * PF},
+        900 * GB,
         default_dtype="fp4",
     ),
     # GB300 NVL72 (Blackwell Ultra): 288 GB HBM3e per GPU at 8 TB/s, 15 PF dense NVFP4 per GPU (NVIDIA
     # "Inside Blackwell Ultra" blog), FP8 720 PF sparse per rack = 5 PF dense per GPU, BF16 2.5 PF; NVLink 5.
     "gb300-nvl72": Hardware(
-        "gb300-nvl72", 72, 288 * GB, 8 * TB, {"fp4": 15 * PF, "fp8": 5 * PF, "bf16": 2.5 * PF}, 900 * GB,
+        "gb300-nvl72",
+        72,
+        288 * GB,
+        8 * TB,
+        {"fp4": 15 * PF, "fp8": 5 * PF, "bf16": 2.5 * PF},
+        900 * GB,
         default_dtype="fp4",
     ),
     # HGX B200 (8 GPUs): 1.44 TB HBM3e total = 180 GB per GPU, 7.7 TB/s, 9 PF FP4 / 4.5 PF FP8 / 2.25 PF BF16
     # dense per GPU (NVIDIA HGX B200 datasheet); NVLink 5, 900 GB/s per direction.
     "b200-hgx": Hardware(
-        "b200-hgx", 8, 180 * GB, 7.7 * TB, {"fp4": 9 * PF, "fp8": 4.5 * PF, "bf16": 2.25 * PF}, 900 * GB,
+        "b200-hgx",
+        8,
+        180 * GB,
+        7.7 * TB,
+        {"fp4": 9 * PF, "fp8": 4.5 * PF, "bf16": 2.25 * PF},
+        900 * GB,
         default_dtype="fp4",
     ),
     # HGX H200 (8 GPUs): 141 GB HBM3e, 4.8 TB/s, FP8 1,979 TF / BF16 989 TF dense (H200 datasheet halves the
     # sparse 3,958 / 1,979); NVLink 4 900 GB/s bidirectional = 450 GB/s per direction. No FP4 tensor cores.
     "h200-hgx": Hardware(
-        "h200-hgx", 8, 141 * GB, 4.8 * TB, {"fp8": 1979e12, "bf16": 989e12}, 450 * GB,
+        "h200-hgx",
+        8,
+        141 * GB,
+        4.8 * TB,
+        {"fp8": 1979e12, "bf16": 989e12},
+        450 * GB,
     ),
     # HGX H100 SXM (8 GPUs): 80 GB HBM3, 3.35 TB/s, FP8 1,979 TF / BF16 989 TF dense (H100 datasheet);
     # NVLink 4, 450 GB/s per direction.
     "h100-hgx": Hardware(
-        "h100-hgx", 8, 80 * GB, 3.35 * TB, {"fp8": 1979e12, "bf16": 989e12}, 450 * GB,
+        "h100-hgx",
+        8,
+        80 * GB,
+        3.35 * TB,
+        {"fp8": 1979e12, "bf16": 989e12},
+        450 * GB,
     ),
     # This development machine: 2 x86 cores (AVX-512 + avx512_bf16, no AMX), 24 GiB RAM, no GPU. A "device"
     # is one vLLM CPU worker; up to 3 workers run on the 2 cores (VLLM_CPU_OMP_THREADS_BIND="0|1|0"), so
@@ -119,8 +144,16 @@ PROFILES: dict[str, Hardware] = {
     # measurement. hbm_bytes: 24 GiB RAM minus OS/Python/vLLM overhead, split over at most 3 workers -> 6 GB.
     # Efficiency factors are 1.0: the measurements already are achieved, not peak, rates.
     "cpu": Hardware(
-        "cpu", 3, 6 * GB, 10 * GB, {"bf16": 0.03 * TB}, 1 * GB, coll_latency_s=170e-6, default_dtype="bf16",
-        mem_eff=1.0, flop_eff=1.0,
+        "cpu",
+        3,
+        6 * GB,
+        10 * GB,
+        {"bf16": 0.03 * TB},
+        1 * GB,
+        coll_latency_s=170e-6,
+        default_dtype="bf16",
+        mem_eff=1.0,
+        flop_eff=1.0,
     ),
 }
 

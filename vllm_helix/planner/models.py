@@ -59,8 +59,9 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         if self.n_heads % max(self.n_kv_heads, 1):
-            raise ValueError(f"{self.name}: n_heads {self.n_heads} not a multiple of n_kv_heads "
-                             f"{self.n_kv_heads}")
+            raise ValueError(
+                f"{self.name}: n_heads {self.n_heads} not a multiple of n_kv_heads {self.n_kv_heads}"
+            )
         if self.n_experts and not (0 < self.top_k <= self.n_experts and self.moe_ffn > 0):
             raise ValueError(f"{self.name}: bad MoE shape experts={self.n_experts} top_k={self.top_k}")
 
@@ -106,8 +107,10 @@ class ModelSpec:
             return h * q_local * self.head_dim + 2 * h * kv_local * self.head_dim
         qk = self.qk_nope_dim + self.qk_rope_dim
         q = (h * self.q_lora_rank + self.q_lora_rank * q_local * qk) if self.q_lora_rank else h * q_local * qk
-        return q + h * (self.kv_lora_rank + self.qk_rope_dim) + self.kv_lora_rank * q_local * (
-            self.qk_nope_dim + self.v_head_dim
+        return (
+            q
+            + h * (self.kv_lora_rank + self.qk_rope_dim)
+            + self.kv_lora_rank * q_local * (self.qk_nope_dim + self.v_head_dim)
         )
 
     @property
@@ -171,35 +174,79 @@ BUILTIN: dict[str, ModelSpec] = {
     # meta-llama/llama-models sku_list.py, Llama-3.1-405B (bf16-mp8): dim 16384, 126 layers, 128/8 heads,
     # ffn_dim_multiplier 1.2, multiple_of 4096 -> F = 53,248; vocab 128,256.
     "llama-405b": ModelSpec(
-        "llama-405b", "meta-llama/Llama-3.1-405B-Instruct", 126, 16384, 128, 8, 128,
-        _llama_ffn(16384, 1.2, 4096), 128256,
+        "llama-405b",
+        "meta-llama/Llama-3.1-405B-Instruct",
+        126,
+        16384,
+        128,
+        8,
+        128,
+        _llama_ffn(16384, 1.2, 4096),
+        128256,
     ),
     # deepseek-ai/DeepSeek-V3 inference/configs/config_671B.json (R1 shares it): dim 7168, 61 layers (3 dense,
     # inter 18,432), 128 heads, q_lora 1536, kv_lora 512, nope 128, rope 64, v 128, 256 routed + 1 shared
     # experts, 8 active, moe_inter 2048, vocab 129,280. The MTP layer is not used for plain decode.
     "deepseek-r1": ModelSpec(
-        "deepseek-r1", "deepseek-ai/DeepSeek-R1", 61, 7168, 128, 128, 192, 18432, 129280,
-        q_lora_rank=1536, kv_lora_rank=512, qk_nope_dim=128, qk_rope_dim=64, v_head_dim=128,
-        n_experts=256, n_shared_experts=1, top_k=8, moe_ffn=2048, first_k_dense=3,
+        "deepseek-r1",
+        "deepseek-ai/DeepSeek-R1",
+        61,
+        7168,
+        128,
+        128,
+        192,
+        18432,
+        129280,
+        q_lora_rank=1536,
+        kv_lora_rank=512,
+        qk_nope_dim=128,
+        qk_rope_dim=64,
+        v_head_dim=128,
+        n_experts=256,
+        n_shared_experts=1,
+        top_k=8,
+        moe_ffn=2048,
+        first_k_dense=3,
     ),
     # HuggingFaceTB/SmolLM2-135M-Instruct config.json: LlamaForCausalLM, hidden 576, 30 layers, 9/3 heads,
     # head_dim 64, intermediate 1536, vocab 49,152, tied embeddings.
     "smollm2-135m": ModelSpec(
-        "smollm2-135m", "HuggingFaceTB/SmolLM2-135M-Instruct", 30, 576, 9, 3, 64, 1536, 49152,
+        "smollm2-135m",
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        30,
+        576,
+        9,
+        3,
+        64,
+        1536,
+        49152,
         tied_embeddings=True,
     ),
 }
 
 ALIASES = {
-    "llama-3.1-405b": "llama-405b", "meta-llama/llama-3.1-405b": "llama-405b",
-    "meta-llama/llama-3.1-405b-instruct": "llama-405b", "deepseek-v3": "deepseek-r1",
-    "deepseek-ai/deepseek-r1": "deepseek-r1", "deepseek-ai/deepseek-v3": "deepseek-r1",
+    "llama-3.1-405b": "llama-405b",
+    "meta-llama/llama-3.1-405b": "llama-405b",
+    "meta-llama/llama-3.1-405b-instruct": "llama-405b",
+    "deepseek-v3": "deepseek-r1",
+    "deepseek-ai/deepseek-r1": "deepseek-r1",
+    "deepseek-ai/deepseek-v3": "deepseek-r1",
     "smollm2": "smollm2-135m",
-    "huggingfacetb/smollm2-135m": "smollm2-135m", "huggingfacetb/smollm2-135m-instruct": "smollm2-135m",
+    "huggingfacetb/smollm2-135m": "smollm2-135m",
+    "huggingfacetb/smollm2-135m-instruct": "smollm2-135m",
 }
 
-SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "mixtral", "deepseek_v2",
-                   "deepseek_v3")
+SUPPORTED_TYPES = (
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "qwen2_moe",
+    "qwen3_moe",
+    "mixtral",
+    "deepseek_v2",
+    "deepseek_v3",
+)
 
 
 def from_hf_config(cfg: dict, name: str, hf_id: str) -> ModelSpec:
@@ -209,31 +256,45 @@ def from_hf_config(cfg: dict, name: str, hf_id: str) -> ModelSpec:
         raise ValueError(f"model_type {mtype!r} not supported by the planner; supported: {SUPPORTED_TYPES}")
     h, q = cfg["hidden_size"], cfg["num_attention_heads"]
     common = dict(
-        name=name, hf_id=hf_id, n_layers=cfg["num_hidden_layers"], hidden=h, n_heads=q,
-        n_kv_heads=cfg.get("num_key_value_heads") or q, head_dim=cfg.get("head_dim") or h // q,
-        ffn=cfg["intermediate_size"], vocab=cfg["vocab_size"],
+        name=name,
+        hf_id=hf_id,
+        n_layers=cfg["num_hidden_layers"],
+        hidden=h,
+        n_heads=q,
+        n_kv_heads=cfg.get("num_key_value_heads") or q,
+        head_dim=cfg.get("head_dim") or h // q,
+        ffn=cfg["intermediate_size"],
+        vocab=cfg["vocab_size"],
         tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
     )
     if mtype.startswith("deepseek"):
         n_exp = cfg.get("n_routed_experts") or 0
         common.update(
-            n_kv_heads=q, q_lora_rank=cfg.get("q_lora_rank") or 0, kv_lora_rank=cfg["kv_lora_rank"],
-            qk_nope_dim=cfg["qk_nope_head_dim"], qk_rope_dim=cfg["qk_rope_head_dim"],
+            n_kv_heads=q,
+            q_lora_rank=cfg.get("q_lora_rank") or 0,
+            kv_lora_rank=cfg["kv_lora_rank"],
+            qk_nope_dim=cfg["qk_nope_head_dim"],
+            qk_rope_dim=cfg["qk_rope_head_dim"],
             v_head_dim=cfg["v_head_dim"],
             head_dim=cfg["qk_nope_head_dim"] + cfg["qk_rope_head_dim"],
         )
         if n_exp:
             common.update(
-                n_experts=n_exp, n_shared_experts=cfg.get("n_shared_experts") or 0,
-                top_k=cfg["num_experts_per_tok"], moe_ffn=cfg["moe_intermediate_size"],
+                n_experts=n_exp,
+                n_shared_experts=cfg.get("n_shared_experts") or 0,
+                top_k=cfg["num_experts_per_tok"],
+                moe_ffn=cfg["moe_intermediate_size"],
                 first_k_dense=cfg.get("first_k_dense_replace", 0),
             )
     elif mtype in ("qwen2_moe", "qwen3_moe", "mixtral"):
         n_exp = cfg.get("num_experts") or cfg.get("num_local_experts")
         shared = 1 if cfg.get("shared_expert_intermediate_size") else 0
         common.update(
-            n_experts=n_exp, n_shared_experts=shared, top_k=cfg["num_experts_per_tok"],
-            moe_ffn=cfg.get("moe_intermediate_size") or cfg["intermediate_size"], first_k_dense=0,
+            n_experts=n_exp,
+            n_shared_experts=shared,
+            top_k=cfg["num_experts_per_tok"],
+            moe_ffn=cfg.get("moe_intermediate_size") or cfg["intermediate_size"],
+            first_k_dense=0,
         )
     return ModelSpec(**common)
 

@@ -28,7 +28,7 @@ def plot_pareto(results: dict[str, dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(results), figsize=(6.2 * len(results), 4.8))
-    for ax, (name, r) in zip(axes, results.items()):
+    for ax, (name, r) in zip(axes, results.items(), strict=True):
         base = [e for f in r["baselines"].values() for e in f]
         x0 = max(e.tokens_per_s_user for e in base)
         y0 = max(e.tokens_per_s_gpu for e in base)
@@ -40,8 +40,11 @@ def plot_pareto(results: dict[str, dict], path: str) -> None:
             ax.step(xs, ys, where="pre", color=color, lw=lw, label=label, zorder=z)
             ax.plot(xs, ys, marker, color=color, ms=4, zorder=3)
         h = r["headline"]
-        ax.set_title(f"{TITLES.get(name, name)}\nHelix: {h['max_interactivity_gain']:.2f}x interactivity, "
-                     f"{h['throughput_gain_at_equal_ttl']:.1f}x throughput at equal TTL", fontsize=10)
+        ax.set_title(
+            f"{TITLES.get(name, name)}\nHelix: {h['max_interactivity_gain']:.2f}x interactivity, "
+            f"{h['throughput_gain_at_equal_ttl']:.1f}x throughput at equal TTL",
+            fontsize=10,
+        )
         ax.set_xlabel("Tokens/s/user (interactivity), normalised to best baseline")
         ax.set_ylabel("Tokens/s/GPU (throughput), normalised")
         ax.set_yscale("log")

@@ -69,7 +69,12 @@ def layouts(m: ModelSpec, strategy: str, n: int) -> Iterator[dict]:
 
 
 def sweep(
-    m: ModelSpec, hw: Hardware, p: Precision, s: int, strategies: Iterable[str], gpus: Iterable[int],
+    m: ModelSpec,
+    hw: Hardware,
+    p: Precision,
+    s: int,
+    strategies: Iterable[str],
+    gpus: Iterable[int],
     batches: Iterable[int] | None = None,
 ) -> list[Estimate]:
     """All feasible estimates. Batches grow until memory runs out (larger batches only need more memory)."""
@@ -111,15 +116,19 @@ def headline(helix: list[Estimate], base: list[Estimate], everything: Iterable[E
     x_b = max(e.tokens_per_s_user for e in base)
     xs = [e.tokens_per_s_user for e in base + helix if e.tokens_per_s_user <= min(x_h, x_b)]
     thr = max(_y_at(helix, x) / _y_at(base, x) for x in xs)
-    return {"max_interactivity_gain": x_h / x_b, "throughput_gain_at_equal_ttl": thr,
-            "hop_b_off_loss": hop_b_off_loss(helix, everything)}
+    return {
+        "max_interactivity_gain": x_h / x_b,
+        "throughput_gain_at_equal_ttl": thr,
+        "hop_b_off_loss": hop_b_off_loss(helix, everything),
+    }
 
 
 def hop_b_off_loss(helix: list[Estimate], everything: Iterable[Estimate]) -> float:
     """Largest tokens/s/user loss ``1 - TTL_on / TTL_off`` over Helix frontier points when only HOP-B is
     switched off (same grid and batch)."""
-    off = {replace(e.grid, hop_b=True): e for e in everything
-           if e.grid.strategy == "helix" and not e.grid.hop_b}
+    off = {
+        replace(e.grid, hop_b=True): e for e in everything if e.grid.strategy == "helix" and not e.grid.hop_b
+    }
     return max((1 - e.ttl_s / off[e.grid].ttl_s for e in helix if e.grid in off), default=0.0)
 
 
@@ -144,6 +153,10 @@ def paper_experiment(hw: Hardware, p: Precision, models: dict[str, ModelSpec]) -
         helix = pareto(e for e in pts if e.grid.strategy == "helix" and e.grid.hop_b)
         fronts = {b: pareto(e for e in pts if e.grid.strategy == b) for b in bases}
         base = pareto(e for f in fronts.values() for e in f)
-        out[name] = {"helix": helix, "baselines": fronts, "headline": headline(helix, base, pts),
-                     "vs_tp": headline(helix, fronts["tp"], pts)}
+        out[name] = {
+            "helix": helix,
+            "baselines": fronts,
+            "headline": headline(helix, base, pts),
+            "vs_tp": headline(helix, fronts["tp"], pts),
+        }
     return out
