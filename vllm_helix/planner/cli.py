@@ -3,7 +3,12 @@
 
 vllm-helix plan --model deepseek-r1 --hardware gb200-nvl72 --context 1M --ttl-ms 30 --gpus 64
 vllm-helix plan --model smollm2-135m --hardware cpu --context 4096 --ttl-ms 200 --gpus 3
+vllm-helix plan --model tiny-mqa --hardware cpu_profile.json --contexts 4K,16K,64K,128K --batch 1
 vllm-helix simulate --paper --json --plot pareto.png
+
+``--hardware`` names a GPU/CPU profile of ``hardware.py`` (the paper's model, ``cost.py``) or a JSON profile
+written by ``vllm-helix calibrate`` (the measured CPU engine model, ``engine_cpu.py``: predicted TPOT of stock
+TP and Helix grids per context and the fastest one).
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ import json
 import math
 import shlex
 import sys
+from pathlib import Path
 
+from vllm_helix.planner import engine_cpu
 from vllm_helix.planner.cost import PRECISIONS, Estimate
 from vllm_helix.planner.hardware import PROFILES, get_hardware
 from vllm_helix.planner.models import BUILTIN, load_model
@@ -102,10 +109,20 @@ def _plan_parser() -> argparse.ArgumentParser:
         "line.",
     )
     ap.add_argument("--model", required=True, help=f"built-in ({', '.join(BUILTIN)}) or path to config.json")
-    ap.add_argument("--hardware", default="gb200-nvl72", choices=sorted(PROFILES))
+    ap.add_argument(
+        "--hardware",
+        default="gb200-nvl72",
+        help=f"one of {', '.join(sorted(PROFILES))}, or a CPU profile JSON from `vllm-helix calibrate`",
+    )
     ap.add_argument(
         "--context", type=parse_context, default=parse_context("128K"), help="KV length: 1M, 128K, 4096"
     )
+    ap.add_argument(
+        "--contexts",
+        type=lambda t: [parse_context(x) for x in t.split(",") if x.strip()],
+        help="CPU profile only: comma-separated contexts (default: --context)",
+    )
+    ap.add_argument("--batch", type=int, default=1, help="CPU profile only: decode batch (default 1)")
     ap.add_argument("--ttl-ms", type=float, default=50.0, help="token-to-token latency budget (ms)")
     ap.add_argument("--gpus", type=int, help="devices in the pool (default: try every size in the domain)")
     ap.add_argument("--dtype", choices=sorted(PRECISIONS), help="weights/KV/math dtype (default: hardware's)")
@@ -117,6 +134,10 @@ def _plan_parser() -> argparse.ArgumentParser:
 def plan_main(argv: list[str]) -> int:
     """Entry point of ``vllm-helix plan``; returns the exit status."""
     args = _plan_parser().parse_args(argv)
+    if args.hardware.lower() not in PROFILES and (
+        args.hardware.endswith(".json") or Path(args.hardware).is_file()
+    ):
+        return _plan_engine(args)
     try:
         model = load_model(args.model)
         hw = get_hardware(args.hardware, args.coll_latency_us)
@@ -164,6 +185,46 @@ def plan_main(argv: list[str]) -> int:
         print(json.dumps(out, indent=1))
         return 0
     _print_plan(out)
+    return 0
+
+
+def _plan_engine(args) -> int:
+    """``plan --hardware PROFILE.json``: predicted TPOT of every stock TP / Helix grid on this CPU engine
+    (``engine_cpu.plan``) per context, and the fastest."""
+    try:
+        model = load_model(args.model)
+        profile = engine_cpu.CpuProfile.load(args.hardware)
+        rows = engine_cpu.plan(profile, model, args.contexts or [args.context], args.batch)
+    except (ValueError, OSError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = {
+        "model": model.name,
+        "hardware": args.hardware,
+        "profile": profile.name,
+        "cores": profile.cores,
+        "batch": args.batch,
+        "step_overhead_ms": None
+        if profile.step_overhead_s is None
+        else round(profile.step_overhead_s * 1e3, 3),
+        "step_overhead_source": profile.step_overhead_source,
+        "rows": rows,
+    }
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    f = "unset (0)" if out["step_overhead_ms"] is None else f"{out['step_overhead_ms']} ms"
+    print(
+        f"CPU engine plan for {model.name} on {profile.name} ({profile.cores} cores, {args.hardware}), "
+        f"batch {args.batch}; step overhead F = {f} [{profile.step_overhead_source}]"
+    )
+    names = list(rows[0]["tpot_ms"])
+    print(f"{'context':>9}  " + "  ".join(f"{n:>16}" for n in names) + "  choice (TPOT ms)")
+    for r in rows:
+        cells = "  ".join(f"{r['tpot_ms'][n]:16.3f}" for n in names)
+        print(f"{r['context']:>9,}  {cells}  {r['choice']}")
+    for note in sorted({n for r in rows for n in r["notes"]}):
+        print(f"note: {note}")
     return 0
 
 

@@ -222,6 +222,20 @@ BUILTIN: dict[str, ModelSpec] = {
         49152,
         tied_embeddings=True,
     ),
+    # The random tiny MQA Llama of benchmarks/bench_decode.py (MODEL there; tests/e2e/tiny_models.py writes it
+    # to --model-dir, default /tmp/vllm_helix_bench/mqa512): hidden 512 = 8 heads x 64, 1 KV head, 4 layers,
+    # intermediate 1024, vocab 1024, untied embeddings. The CPU engine model's calibration target.
+    "tiny-mqa": ModelSpec(
+        "tiny-mqa",
+        "/tmp/vllm_helix_bench/mqa512",
+        4,
+        512,
+        8,
+        1,
+        64,
+        1024,
+        1024,
+    ),
 }
 
 ALIASES = {
@@ -234,6 +248,7 @@ ALIASES = {
     "smollm2": "smollm2-135m",
     "huggingfacetb/smollm2-135m": "smollm2-135m",
     "huggingfacetb/smollm2-135m-instruct": "smollm2-135m",
+    "mqa": "tiny-mqa",
 }
 
 SUPPORTED_TYPES = (
