@@ -63,6 +63,7 @@ from vllm_helix.planner.models import ModelSpec, load_model
 BLOCK = 128  # the engine's KV block size (bench_decode)
 MIB = 1 << 20
 RANKS = 2
+MQ_CHUNK = 1 << 20  # ring-buffer chunk of the executor queue (vLLM's 24 MiB only matters for huge messages)
 BF16 = torch.bfloat16
 
 
@@ -339,9 +340,11 @@ def _rank_main(rank: int, spec: dict, out_q) -> None:
 
 def _rank_body(rank: int, spec: dict, out_q) -> None:
     import datetime as dt
+    import warnings
 
     import torch.distributed as dist
 
+    warnings.filterwarnings("ignore", category=FutureWarning)  # all_gather_into_tensor, as vLLM calls it
     os.environ["VLLM_HELIX_SHM_TIMEOUT_S"] = str(spec["timeout_s"])
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     if len(cores) >= RANKS:  # one core per rank, as VLLM_CPU_OMP_THREADS_BIND="0|1" pins the engine's ranks
@@ -405,7 +408,7 @@ def _rank_body(rank: int, spec: dict, out_q) -> None:
             bq = MessageQueue.create_from_handle(spec["bcast_handle"], rank)
             _recv_timeout(bq, spec["timeout_s"])
             if rank == 0:
-                rq = MessageQueue(1, 1)
+                rq = MessageQueue(1, 1, max_chunk_bytes=MQ_CHUNK)
                 _recv_timeout(rq, spec["timeout_s"])
                 out_q.put(("mq", rank, rq.export_handle()))
             bq.wait_until_ready()
@@ -471,7 +474,7 @@ def _run_ranks(m: ModelSpec, sizes: Sizes, use_vllm: bool, timeout_s: float) -> 
         try:
             from vllm.distributed.device_communicators.shm_broadcast import MessageQueue
 
-            bcast = MessageQueue(RANKS, RANKS)
+            bcast = MessageQueue(RANKS, RANKS, max_chunk_bytes=MQ_CHUNK)
             _recv_timeout(bcast, timeout_s)
         except Exception:  # noqa: BLE001 - no executor queue: steps are paced by a gloo barrier
             bcast = None
