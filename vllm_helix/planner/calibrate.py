@@ -20,8 +20,9 @@ shapes of ``--model`` (default the bench_decode model ``tiny-mqa``):
   all-to-all of the packed partials and all-reduce of B·H bf16; gloo all-reduce, all-gather, all-to-all),
   the Helix combine, and last two synthetic decode steps (stock TP 2, Helix KVP 2) built from these same
   primitives at a short context and driven by this process through vLLM's shared-memory ``MessageQueue``, as
-  the engine core drives its workers: the collectives' latency *in the step* (waiting for the peer included,
-  as the engine's counters see it) and the executor's round trip (parent time per step − rank 0's own step).
+  the engine core drives its workers (two RPCs per step, ``execute_model`` with a ``SchedulerOutput`` and
+  ``sample_tokens``): the collectives' latency *in the step* (waiting for the peer included, as the engine's
+  counters see it) and the executor's round trips (parent time per step − rank 0's own work).
 
 Nothing is fitted to a vLLM benchmark except, when asked, the per-step fixed cost F: ``--step-overhead-ms X``
 sets it, ``--from-bench DECODE.json`` fits it to the stock TP 1 row at the shortest context (batch 1) of a
@@ -305,7 +306,12 @@ class _Step:
         else:
             _timed(s, self.dist.all_reduce, self.hidden)
 
-    def __call__(self) -> None:
+    def sample(self) -> None:
+        """The second RPC of a step (``sample_tokens``): greedy sampling from the gathered logits."""
+        self.token = int(self.gathered.view(-1).argmax())
+
+    def execute(self) -> None:
+        """The first RPC of a step (``execute_model``): embedding, layers, LM head, logits gather."""
         self._all_reduce()  # the vocabulary-parallel embedding
         for qkv, o, gate_up, down in self.layers:
             qkv()
@@ -419,29 +425,76 @@ def _rank_body(rank: int, spec: dict, out_q) -> None:
             step = _Step(EngineGrid.from_name(name), m, sizes.step_context, shm, ops, use_vllm)
             step_s = []
             for i in range(3 + sizes.steps):
-                if bq is not None:
-                    msg = bq.dequeue(timeout=spec["timeout_s"])
-                    assert msg == (name, i), f"rank {rank}: expected step {(name, i)}, got {msg}"
-                else:
-                    dist.barrier()
-                t0 = time.perf_counter()
-                step()
-                step_s.append(time.perf_counter() - t0)
+                work = 0.0
+                for rpc, call in (("execute", step.execute), ("sample", step.sample)):
+                    if bq is not None:  # the engine core's two RPCs per step, each answered by rank 0
+                        msg = bq.dequeue(timeout=spec["timeout_s"])
+                        assert msg[:3] == (rpc, name, i), f"rank {rank}: expected {(rpc, name, i)}: {msg[:3]}"
+                    elif rpc == "execute":
+                        dist.barrier()
+                    t0 = time.perf_counter()
+                    call()
+                    work += (took := time.perf_counter() - t0)
+                    if rq is not None:
+                        rq.enqueue((took, _reply_payload(rpc)), timeout=spec["timeout_s"])
+                step_s.append(work)
                 if i == 2:  # warm-up done: keep what the measured steps record
                     step.samples = {key: [] for key in step.samples}
-                if rq is not None:
-                    rq.enqueue(step_s[-1], timeout=spec["timeout_s"])
             res["steps"][name] = {
                 "step_s": statistics.median(step_s[3:]),
                 "calls_s": {key: statistics.median(v) for key, v in step.samples.items() if v},
             }
             del step
         if bq is not None:
-            assert bq.dequeue(timeout=spec["timeout_s"]) == "stop"
+            assert bq.dequeue(timeout=spec["timeout_s"]) == ("stop",)
         out_q.put(("result", rank, res))
         dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+def _scheduler_payload(batch: int = 1):
+    """What ``execute_model`` carries for a pure decode step of ``batch`` requests: vLLM's own
+    ``SchedulerOutput`` when it builds, else a dict of the same content (pickled either way)."""
+    ids = [f"req-{j}" for j in range(batch)]
+    try:
+        from dataclasses import replace as _replace
+
+        from vllm.v1.core.sched.output import CachedRequestData, SchedulerOutput
+
+        cached = _replace(
+            CachedRequestData.make_empty(),
+            req_ids=ids,
+            new_token_ids=[[] for _ in ids],
+            new_block_ids=[None for _ in ids],
+            num_computed_tokens=[4096 for _ in ids],
+            num_output_tokens=[8 for _ in ids],
+        )
+        return _replace(
+            SchedulerOutput.make_empty(),
+            scheduled_cached_reqs=cached,
+            num_scheduled_tokens=dict.fromkeys(ids, 1),
+            total_num_scheduled_tokens=batch,
+            num_common_prefix_blocks=[0],
+        )
+    except Exception:  # noqa: BLE001 - another vLLM version: a stand-in of the same content
+        return {
+            "req_ids": ids,
+            "num_scheduled_tokens": dict.fromkeys(ids, 1),
+            "num_computed_tokens": [4096] * batch,
+        }
+
+
+def _reply_payload(rpc: str):
+    """What rank 0 answers: None to ``execute_model``, the sampled tokens to ``sample_tokens``."""
+    if rpc == "execute":
+        return None
+    return {
+        "req_ids": ["req-0"],
+        "req_id_to_index": {"req-0": 0},
+        "sampled_token_ids": [[1]],
+        "logprobs": None,
+    }
 
 
 def _recv_timeout(mq, seconds: float) -> None:
@@ -520,21 +573,25 @@ def _run_ranks(m: ModelSpec, sizes: Sizes, use_vllm: bool, timeout_s: float) -> 
             rq = MessageQueue.create_from_handle(handle, 0)
             _recv_timeout(rq, timeout_s)
             rq.wait_until_ready()
+            sched = _scheduler_payload()
             for name in ("stock_tp2", "helix_tp2_dcp2"):
                 rts, overhead = [], []
                 for i in range(3 + sizes.steps):
-                    t0 = time.perf_counter()
-                    bcast.enqueue((name, i), timeout=timeout_s)
-                    rank0_s = rq.dequeue(timeout=timeout_s)
-                    rt = time.perf_counter() - t0
+                    rt = over = 0.0
+                    for rpc, payload in (("execute", sched), ("sample", None)):
+                        t0 = time.perf_counter()
+                        bcast.enqueue((rpc, name, i, payload), timeout=timeout_s)
+                        rank0_s, _ = rq.dequeue(timeout=timeout_s)
+                        rt += (took := time.perf_counter() - t0)
+                        over += took - rank0_s
                     if i >= 3:
                         rts.append(rt)
-                        overhead.append(rt - rank0_s)
+                        overhead.append(over)
                 parent[name] = {
                     "round_trip_s": statistics.median(rts),
                     "executor_s": statistics.median(overhead),
                 }
-            bcast.enqueue("stop", timeout=timeout_s)
+            bcast.enqueue(("stop",), timeout=timeout_s)
         while len(results) < RANKS:
             get("result")
         for p in procs:
@@ -564,9 +621,11 @@ def measure(
     t_start = time.perf_counter()
     sizes = sizes or (QUICK if quick else FULL)
     phases: dict[str, float] = {}
+    last = [t_start]
 
     def lap(name: str) -> None:
-        phases[name] = round(time.perf_counter() - t_start - sum(phases.values()), 2)
+        now = time.perf_counter()
+        phases[name], last[0] = round(now - last[0], 2), now
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads_before = torch.get_num_threads()
@@ -658,7 +717,11 @@ def measure(
                     "calls_ms": [
                         {k: round(v * 1e3, 4) for k, v in r["steps"][name]["calls_s"].items()} for r in ranks
                     ],
-                    **({k: round(v * 1e3, 4) for k, v in parent[name].items()} if name in parent else {}),
+                    **(
+                        {k.removesuffix("_s") + "_ms": round(v * 1e3, 4) for k, v in parent[name].items()}
+                        if name in parent
+                        else {}
+                    ),
                 }
                 for name in ("stock_tp2", "helix_tp2_dcp2")
             },

@@ -15,8 +15,9 @@ TPA = N / KVP), τ = max(1, cores // N) threads per rank, L layers:
                of the model): the one number not measured from a primitive — given
                (``--step-overhead-ms``) or fitted as TPOT(stock TP 1, shortest context) − (the rest of this
                formula) from one bench_decode row (``fit_step_overhead``)
-    E(N)       N > 1: the executor's round trip (vLLM's shared-memory MessageQueue, engine core → ranks →
-               engine core), measured; 0 for N = 1 (the model runs inside the engine-core process)
+    E(N)       N > 1: the executor's two round trips per step (vLLM's shared-memory MessageQueue, engine core
+               → ranks → engine core: ``execute_model`` with the SchedulerOutput, then ``sample_tokens``),
+               measured; 0 for N = 1 (the model runs inside the engine-core process)
     t_gemv(W)  c(τ, B) + W / bw(τ, B), W = bf16 weight bytes on one rank; c and bw fitted to the engine's
                linear op (vLLM's CPU GEMM dispatch) timed at three weight sizes
     t_qkv      t_gemv(H·(q + 2k)·Hsz·2): q = Q/N, k = ⌈K/N⌉ for stock (the KV head duplicated when N > K);
