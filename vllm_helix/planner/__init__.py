@@ -2,6 +2,8 @@
 """Helix planner and simulator: pure-Python latency/memory model, grid search and Pareto frontiers.
 
 No vLLM or torch import; matplotlib only for ``plot``. Entry points: ``cli.plan_main``, ``cli.simulate_main``.
+``engine_cpu`` (pure) models vLLM's decode step on a CPU from a measured profile; ``calibrate`` (torch, and
+vLLM where it imports; not imported here) measures that profile: ``calibrate.calibrate_main``.
 """
 
 from vllm_helix.planner.cost import PRECISIONS, Estimate, Grid, Precision, estimate
