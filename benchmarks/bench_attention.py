@@ -30,7 +30,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -41,16 +40,6 @@ sys.path.insert(0, str(REPO))
 
 WORKS = {"helix": dict(heads=8, kv_heads=1, share=2), "stock": dict(heads=4, kv_heads=1, share=1)}
 DIM, BLOCK = 64, 128
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def make_layers(keys: int, batch: int, kv_heads: int, layers: int, dtype):
@@ -175,7 +164,7 @@ def main() -> None:
                 "benchmark": "attention",
                 "date": datetime.datetime.now().isoformat(timespec="seconds"),
                 "machine": {
-                    "cpu": cpu_model(),
+                    "cpu": ceilings.cpu_model(),
                     "cores": os.cpu_count(),
                     "loadavg_before": load_before,
                     "loadavg_after": os.getloadavg(),

@@ -32,7 +32,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import random
 import signal
 import statistics
@@ -255,16 +254,6 @@ def run_config(spec: dict, kv_gib: int, timeout: float, log_dir: Path | None = N
     return {"config": spec["config"], "error": f"exit {proc.returncode}", "stderr_tail": err[-1500:]}
 
 
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def rank_kv_bytes(ctx: int, kvp: int, dims: dict = MODEL) -> int:
     """KV bytes one Helix rank reads per decode step (all layers, bf16, TPA = 1: all KV heads)."""
     return -(-ctx // kvp) * dims["kv_heads"] * dims["head_dim"] * 2 * 2 * dims["layers"]
@@ -439,7 +428,7 @@ def main() -> None:
                 "benchmark": "decode",
                 "date": datetime.datetime.now().isoformat(timespec="seconds"),
                 "machine": {
-                    "cpu": cpu_model(),
+                    "cpu": ceilings.cpu_model(),
                     "cores": os.cpu_count(),
                     "loadavg_before": load_before,
                     "loadavg_after": os.getloadavg(),

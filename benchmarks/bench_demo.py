@@ -85,7 +85,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--helix-args", default="", help="extra serve-demo arguments for the Helix server")
     args = ap.parse_args()
-    from benchmarks.bench_decode import cpu_model
+    from vllm_helix.planner.ceilings import cpu_model
 
     load_before = os.getloadavg()
     helix = measure(shlex.split(args.helix_args), args.reps, args.max_tokens)

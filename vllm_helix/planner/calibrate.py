@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import math
 import os
@@ -98,15 +99,7 @@ QUICK = Sizes((1 * MIB, 16 * MIB), (512, 4096), ((256, 256), (1024, 512)), (1,),
 
 
 # ------------------------------------------------------------------------------------------------ primitives
-def _median_s(fn, reps: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+_median_s = functools.partial(ceilings.median_s, warmup=2)  # the one timer (ceilings.median_s)
 
 
 def vllm_ops():
@@ -700,7 +693,7 @@ def measure(
         vllm_tp_all_reduce="shm" if vllm_shm else "gloo",
         meta={
             "created": datetime.datetime.now().isoformat(timespec="seconds"),
-            "cpu": _cpu_model(),
+            "cpu": ceilings.cpu_model(),
             "isa": _native_isa(),
             "torch": torch.__version__,
             "vllm": _vllm_version() if use_vllm else None,
@@ -728,16 +721,6 @@ def measure(
             "notes": notes,
         },
     )
-
-
-def _cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _native_isa() -> str | None:

@@ -15,22 +15,44 @@ For an attention call that reads `nbytes` of KV and does `flops` (4·heads·keys
 
 from __future__ import annotations
 
+import platform
 import statistics
 import time
 
 import torch
 
-__all__ = ["read_bandwidth", "gemm_rate", "measure", "attention_bound_s", "decode_attention_cost"]
+__all__ = [
+    "read_bandwidth",
+    "gemm_rate",
+    "measure",
+    "attention_bound_s",
+    "decode_attention_cost",
+    "median_s",
+    "cpu_model",
+]
 
 
-def _median_s(fn, reps: int) -> float:
-    fn()
+def median_s(fn, reps: int, warmup: int = 1) -> float:
+    """Median wall time of `fn()` over `reps` calls, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), for the machine line of every benchmark."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _with_threads(threads: int, fn):
@@ -45,13 +67,13 @@ def _with_threads(threads: int, fn):
 def read_bandwidth(nbytes: int, threads: int = 1, reps: int = 7) -> float:
     """Bytes per second of a vectorised read (`sum` over an fp32 buffer of `nbytes`), median of `reps`."""
     x = torch.ones(max(1, nbytes // 4), dtype=torch.float32)
-    return _with_threads(threads, lambda: x.numel() * 4 / _median_s(lambda: x.sum(), reps))
+    return _with_threads(threads, lambda: x.numel() * 4 / median_s(lambda: x.sum(), reps))
 
 
 def gemm_rate(dtype: torch.dtype = torch.float32, threads: int = 1, n: int = 1024, reps: int = 7) -> float:
     """FLOP per second of an n×n×n GEMM in `dtype` (2·n³ FLOP), median of `reps`."""
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    return _with_threads(threads, lambda: 2 * n**3 / _median_s(lambda: a @ b, reps))
+    return _with_threads(threads, lambda: 2 * n**3 / median_s(lambda: a @ b, reps))
 
 
 def measure(data_bytes: list[int] | None = None, threads: int = 1, dram_bytes: int = 1 << 30) -> dict:

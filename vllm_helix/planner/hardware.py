@@ -135,7 +135,7 @@ PROFILES: dict[str, Hardware] = {
     ),
     # This development machine: 2 x86 cores (AVX-512 + avx512_bf16, no AMX), 24 GiB RAM, no GPU. A "device"
     # is one vLLM CPU worker; up to 3 workers run on the 2 cores (VLLM_CPU_OMP_THREADS_BIND="0|1|0"), so
-    # domain_size = 3. Measured 2026-11-22 by `python tests/planner/measure_cpu.py` (torch 2.13 CPU, load 1.5
+    # domain_size = 3. Measured 2026-11-22 by `python benchmarks/measure_cpu.py` (torch 2.13 CPU, load 1.5
     # from other jobs, so these are what a worker actually gets, not peaks):
     #   read bandwidth 10-14 GB/s (torch.sum over 512 MB fp32; 2 threads were no faster than 1) -> 10 GB/s,
     #   bf16 matmul 0.03 TFLOP/s (torch.mm 2048^2; no AMX, bf16 takes a slow path; fp32 reaches 0.14),

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Measure the numbers behind the planner's ``cpu`` hardware profile (not a test; run it by hand).
 
-    python tests/planner/measure_cpu.py
+    python benchmarks/measure_cpu.py
 
 Prints one JSON line: read bandwidth (1 and all threads), bf16 matmul FLOP/s, gloo all-reduce latency and
 bandwidth between 2 processes.
