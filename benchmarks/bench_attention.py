@@ -163,12 +163,7 @@ def main() -> None:
             {
                 "benchmark": "attention",
                 "date": datetime.datetime.now().isoformat(timespec="seconds"),
-                "machine": {
-                    "cpu": ceilings.cpu_model(),
-                    "cores": os.cpu_count(),
-                    "loadavg_before": load_before,
-                    "loadavg_after": os.getloadavg(),
-                },
+                "machine": ceilings.machine(load_before),
                 "native": native,
                 "dtype": "bfloat16",
                 "threads": 1,

@@ -427,12 +427,7 @@ def main() -> None:
             {
                 "benchmark": "decode",
                 "date": datetime.datetime.now().isoformat(timespec="seconds"),
-                "machine": {
-                    "cpu": ceilings.cpu_model(),
-                    "cores": os.cpu_count(),
-                    "loadavg_before": load_before,
-                    "loadavg_after": os.getloadavg(),
-                },
+                "machine": ceilings.machine(load_before),
                 "model": {"name": args.model, **dims},
                 "dtype": "bfloat16",
                 "ceilings": ceil,

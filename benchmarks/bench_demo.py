@@ -85,7 +85,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--helix-args", default="", help="extra serve-demo arguments for the Helix server")
     args = ap.parse_args()
-    from vllm_helix.planner.ceilings import cpu_model
+    from vllm_helix.planner.ceilings import machine
 
     load_before = os.getloadavg()
     helix = measure(shlex.split(args.helix_args), args.reps, args.max_tokens)
@@ -95,12 +95,7 @@ def main() -> None:
             {
                 "benchmark": "demo",
                 "date": datetime.datetime.now().isoformat(timespec="seconds"),
-                "machine": {
-                    "cpu": cpu_model(),
-                    "cores": os.cpu_count(),
-                    "loadavg_before": load_before,
-                    "loadavg_after": os.getloadavg(),
-                },
+                "machine": machine(load_before),
                 "helix": helix,
                 "stock_tp1": stock,
                 "helix_over_stock_per_token": round(helix["per_token_ms"] / stock["per_token_ms"], 2),

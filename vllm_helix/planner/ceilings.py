@@ -15,6 +15,7 @@ For an attention call that reads `nbytes` of KV and does `flops` (4·heads·keys
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import time
@@ -29,6 +30,7 @@ __all__ = [
     "decode_attention_cost",
     "median_s",
     "cpu_model",
+    "machine",
 ]
 
 
@@ -53,6 +55,16 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def machine(loadavg_before: tuple[float, float, float]) -> dict:
+    """The "machine" record of a benchmark's JSON line: CPU model, cores, load average before and after."""
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "loadavg_before": loadavg_before,
+        "loadavg_after": os.getloadavg(),
+    }
 
 
 def _with_threads(threads: int, fn):
