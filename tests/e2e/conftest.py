@@ -64,16 +64,34 @@ def llm_args(model, tp=1, dcp=1, helix=False, block_size=BLOCK, additional_confi
 _STOCK_CACHE: dict = {}
 
 
+class StockReference:
+    """Greedy tokens of stock vLLM TP = 1 for (model, prompts), computed once per session.
+
+    `groups(model, [prompts_a, prompts_b, ...])` runs each prompt list as its own generate call on one stock
+    engine (the first as the engine's prompts, the rest as phases), so a test that needs a batch and then a
+    long prompt alone starts one stock engine, not two."""
+
+    def __call__(self, model, prompts, max_tokens=NEW_TOKENS, **extra) -> list[list[int]]:
+        return self.groups(model, [prompts], max_tokens, **extra)[0]
+
+    def groups(self, model, groups: list, max_tokens=NEW_TOKENS, **extra) -> list[list[list[int]]]:
+        keys = [(str(model), repr(g), max_tokens, repr(sorted(extra.items()))) for g in groups]
+        missing = [(k, g) for k, g in zip(keys, groups, strict=True) if k not in _STOCK_CACHE]
+        if missing:
+            result = run_engine(
+                {
+                    "llm": llm_args(model, **extra),
+                    "prompts": missing[0][1],
+                    "max_tokens": max_tokens,
+                    "phases": [{"prompts": g} for _, g in missing[1:]],
+                }
+            )
+            tokens = [result["tokens"]] + [phase["tokens"] for phase in result.get("phases", [])]
+            for (key, _), got in zip(missing, tokens, strict=True):
+                _STOCK_CACHE[key] = got
+        return [_STOCK_CACHE[k] for k in keys]
+
+
 @pytest.fixture(scope="session")
-def stock_tokens():
-    """Greedy tokens of stock vLLM TP=1 for (model, prompts), computed once per session."""
-
-    def get(model, prompts, max_tokens=NEW_TOKENS, **extra):
-        key = (str(model), repr(prompts), max_tokens, repr(sorted(extra.items())))
-        if key not in _STOCK_CACHE:
-            _STOCK_CACHE[key] = run_engine(
-                {"llm": llm_args(model, **extra), "prompts": prompts, "max_tokens": max_tokens}
-            )["tokens"]
-        return _STOCK_CACHE[key]
-
-    return get
+def stock_tokens() -> StockReference:
+    return StockReference()

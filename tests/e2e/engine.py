@@ -38,11 +38,33 @@ REPO = Path(__file__).resolve().parents[2]
 def run_engine(
     spec: dict, timeout: float = 420.0, env_extra: dict | None = None, log: list[str] | None = None
 ) -> dict:
-    """`log`, if given, receives the engine process's whole output (stdout and stderr)."""
+    """Run `spec` on a fresh engine and return its RESULT. `log`, if given, receives the engine process's
+    whole output (stdout and stderr).
+
+    The engine process is forked from the session's warm host (`engine_host`: `import vllm` paid once, not
+    once per test); vLLM then spawns its engine core and workers exactly as for any user script. As soon
+    as the RESULT line is out, the engine's process group is killed and the /dev/shm files it held are
+    removed (vLLM's CPU shutdown otherwise waits a 5 s grace period for its workers).
+    `HELIX_TEST_ENGINE_HOST=0` starts a plain `python -m tests.e2e.engine` child instead."""
     from vllm_helix.cpu_setup import cpu_env
 
     ranks = spec["llm"].get("tensor_parallel_size", 1)
     env = {**os.environ, **cpu_env(ranks), "PYTHONPATH": str(REPO), **(env_extra or {})}
+    if os.environ.get("HELIX_TEST_ENGINE_HOST", "1") == "0":
+        out = _run_fresh(spec, env, timeout)
+    else:
+        from tests.e2e.engine_host import run_forked
+
+        out = run_forked(spec, env, timeout)
+    if log is not None:
+        log.append(out)
+    for line in reversed(out.splitlines()):
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT ") :])
+    raise AssertionError(f"engine failed:\n{out[-6000:]}")
+
+
+def _run_fresh(spec: dict, env: dict, timeout: float) -> str:
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.e2e.engine", json.dumps(spec)],
         cwd=REPO,
@@ -61,12 +83,7 @@ def run_engine(
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    if log is not None:
-        log.append(out)
-    for line in reversed(out.splitlines()):
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT ") :])
-    raise AssertionError(f"engine failed (exit {proc.returncode}):\n{out[-6000:]}")
+    return out + f"\n(exit {proc.returncode})"
 
 
 def attention_impl_classes(worker) -> list[str]:
@@ -193,4 +210,9 @@ def _main(spec: dict) -> None:
 
 
 if __name__ == "__main__":
-    _main(json.loads(sys.argv[1]))
+    if sys.argv[1] == "--host":
+        from tests.e2e.engine_host import serve
+
+        serve()
+    else:
+        _main(json.loads(sys.argv[1]))

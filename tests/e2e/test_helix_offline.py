@@ -43,11 +43,11 @@ def run_helix_vs_stock(model, tp, dcp, stock_tokens, seed, first_hop_b, exchange
             "phases": [{"configure": {"hop_b": flipped}, "prompts": prompts}, {"prompts": [long_prompt]}],
         }
     )
-    expected = stock_tokens(model, prompts, **extra)
+    expected, expected_long = stock_tokens.groups(model, [prompts, [long_prompt]], **extra)
     assert result["tokens"] == expected, f"HOP-B {first_hop_b}"
     assert result["phases"][0]["tokens"] == expected, f"HOP-B {flipped}"
     long_phase = result["phases"][1]
-    assert long_phase["tokens"][0] == stock_tokens(model, [long_prompt], **extra)[0]
+    assert long_phase["tokens"] == expected_long
     # KV written for one long request = prompt + all generated tokens but the last
     assert_kv_sharded(long_phase["status"], len(long_prompt) + NEW_TOKENS - 1, dcp, tp // dcp)
     assert {st["grid"]["exchange"] for st in long_phase["status"]} == {

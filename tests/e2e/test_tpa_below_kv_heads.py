@@ -94,11 +94,11 @@ def test_tiny_models_beyond_vllm_dcp_limit(tiny_models, stock_tokens, model, tp,
         },
         env_extra={"VLLM_ALLOW_INSECURE_SERIALIZATION": "1"},
     )  # lets collective_rpc ship the probe functions
-    expected = stock_tokens(tiny_models[model], prompts)
+    expected, expected_long = stock_tokens.groups(tiny_models[model], [prompts, [long_prompt]])
     assert result["tokens"] == expected, f"HOP-B {hop_b}"
     assert result["phases"][0]["tokens"] == expected, f"HOP-B {flipped}"
     long_phase = result["phases"][1]
-    assert long_phase["tokens"][0] == stock_tokens(tiny_models[model], [long_prompt])[0]
+    assert long_phase["tokens"] == expected_long
     total_tokens = (
         len(long_prompt) + NEW_TOKENS - 1
     )  # KV written = prompt + all generated tokens but the last
