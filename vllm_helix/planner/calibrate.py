@@ -49,6 +49,7 @@ from pathlib import Path
 
 import torch
 
+from vllm_helix.loopback_group import free_port, init_loopback_gloo
 from vllm_helix.planner import ceilings
 from vllm_helix.planner.engine_cpu import (
     AttentionRate,
@@ -338,7 +339,6 @@ def _rank_main(rank: int, spec: dict, out_q) -> None:
 
 
 def _rank_body(rank: int, spec: dict, out_q) -> None:
-    import datetime as dt
     import warnings
 
     import torch.distributed as dist
@@ -350,13 +350,7 @@ def _rank_body(rank: int, spec: dict, out_q) -> None:
         os.sched_setaffinity(0, {cores[rank]})
     torch.set_num_threads(1)
     sizes, m = Sizes(**spec["sizes"]), ModelSpec(**spec["model"])
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{spec['port']}",
-        rank=rank,
-        world_size=RANKS,
-        timeout=dt.timedelta(seconds=60),
-    )
+    init_loopback_gloo(rank, RANKS, spec["port"], timeout_s=60)
     try:
         from vllm_helix.kernels.cpu_shm_collectives import ShmGroup
 
@@ -499,14 +493,6 @@ def _recv_timeout(mq, seconds: float) -> None:
             sock.setsockopt(zmq.RCVTIMEO, int(seconds * 1e3))
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run_ranks(m: ModelSpec, sizes: Sizes, use_vllm: bool, timeout_s: float) -> tuple[list[dict], dict]:
     """Spawn the 2 ranks, drive their synthetic steps, return (their results, the parent's step timings)."""
     import dataclasses
@@ -525,7 +511,7 @@ def _run_ranks(m: ModelSpec, sizes: Sizes, use_vllm: bool, timeout_s: float) -> 
         except Exception:  # noqa: BLE001 - no executor queue: steps are paced by a gloo barrier
             bcast = None
     spec = {
-        "port": _free_port(),
+        "port": free_port(),
         "sizes": dataclasses.asdict(sizes),
         "model": dataclasses.asdict(m),
         "use_vllm": use_vllm,
