@@ -23,7 +23,6 @@ import datetime
 import json
 import os
 import platform
-import socket
 import statistics
 import sys
 import time
@@ -32,11 +31,7 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from vllm_helix.loopback_group import free_port, init_loopback_gloo  # noqa: E402 — after the path insert
 
 
 def _case(ctx: int, batch: int, kvp: int, rank: int, args, torch):
@@ -77,13 +72,7 @@ def _rank(rank: int, world: int, port: int, args, queue) -> None:
     cores = sorted(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {cores[rank % len(cores)]})
     torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=600),
-    )
+    init_loopback_gloo(rank, world, port, timeout_s=600)
     try:
         if args.heads % world:  # e.g. KVP 3: SmolLM2's shape on a TPA = 1 rank (9 query heads, 3 KV heads)
             args.heads, args.kv_heads = 9, 3
@@ -148,7 +137,7 @@ def run_kvp(kvp: int, args) -> list[dict]:
 
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_rank, args=(r, kvp, port, args, queue)) for r in range(kvp)]
     for p in procs:
         p.start()

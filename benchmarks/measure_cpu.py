@@ -9,11 +9,17 @@ bandwidth between 2 processes.
 
 import json
 import os
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vllm_helix.loopback_group import free_port, init_loopback_gloo  # noqa: E402 — after the path insert
 
 
 def _best(fn, reps=5):
@@ -33,7 +39,7 @@ def _read_bw(threads):
 
 
 def _gloo(rank, port, out):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    init_loopback_gloo(rank, 2, port, timeout_s=60)
     small, big = torch.ones(1024), torch.ones(16 * 1024 * 1024)  # 4 KB, 64 MB
     lat = _best(lambda: [dist.all_reduce(small) for _ in range(100)]) / 100
     t = _best(lambda: dist.all_reduce(big), reps=3)
@@ -49,6 +55,6 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     res["bf16_mm_1thread_TFLOPs"] = 2 * 2048**3 / _best(lambda: a @ a) / 1e12
     out = mp.Manager().dict()
-    mp.spawn(_gloo, args=(29511, out), nprocs=2)
+    mp.spawn(_gloo, args=(free_port(), out), nprocs=2)
     res.update(out)
     print(json.dumps({k: round(v, 3) for k, v in res.items()}))

@@ -4,35 +4,21 @@
 from __future__ import annotations
 
 import os
-import socket
 import traceback
 
 import pytest
 import torch.multiprocessing as mp
 
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (gloo rendezvous, test servers)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from vllm_helix.loopback_group import free_port, init_loopback_gloo
 
 
 def _entry(rank: int, world_size: int, port: int, fn, args, errors) -> None:
-    import datetime
-
     import torch
     import torch.distributed as dist
 
     torch.set_num_threads(1)
     try:
-        dist.init_process_group(
-            "gloo",
-            init_method=f"tcp://127.0.0.1:{port}",
-            rank=rank,
-            world_size=world_size,
-            timeout=datetime.timedelta(seconds=60),
-        )
+        init_loopback_gloo(rank, world_size, port, timeout_s=60)
         fn(rank, world_size, *args)
     except BaseException:  # noqa: BLE001 — report every failure to the parent
         errors.put((rank, traceback.format_exc()))

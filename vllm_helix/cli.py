@@ -46,7 +46,7 @@ def _simulate(argv: list[str]) -> int:
 
 
 def _calibrate(argv: list[str]) -> int:
-    from vllm_helix.planner.calibrate import calibrate_main
+    from vllm_helix.planner.calibration import calibrate_main
 
     return calibrate_main(argv)
 

@@ -11,8 +11,9 @@ import pytest
 
 from vllm_helix.kernels import cpu_build
 from vllm_helix.planner import engine_cpu as ec
-from vllm_helix.planner.calibrate import Sizes, measure
+from vllm_helix.planner.calibration_sizes import Sizes
 from vllm_helix.planner.models import ModelSpec
+from vllm_helix.planner.profile_measurement import measure
 
 pytestmark = pytest.mark.timeout(180)
 

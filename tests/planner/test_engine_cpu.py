@@ -13,7 +13,7 @@ import pytest
 
 from tests.planner.engine_profiles import bench_result, profile
 from vllm_helix.planner import engine_cpu as ec
-from vllm_helix.planner.calibrate import calibrate_main
+from vllm_helix.planner.calibration import calibrate_main
 from vllm_helix.planner.cli import plan_main
 from vllm_helix.planner.models import BUILTIN
 
