@@ -24,26 +24,14 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["paged_partial_attention", "gather_local_kv", "local_key_positions"]
+from vllm_helix.sharding import global_position, local_key_positions
+
+__all__ = ["paged_partial_attention", "gather_local_kv"]
 
 _sdpa = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 
 # Runs of consecutive blocks shorter than this on average are gathered instead of attended run by run.
 _MIN_AVG_RUN = 4
-
-
-def local_key_positions(
-    num_local_tokens: int, unit: int, kvp_rank: int, kvp_size: int, device: torch.device | None = None
-) -> torch.Tensor:
-    """Global positions of a rank's first `num_local_tokens` local KV slots: (u·KVP + k)·unit + offset, where
-    `unit` is the round-robin unit (the block size for Helix's block-granular placement)."""
-    local = torch.arange(num_local_tokens, device=device)
-    block, offset = local // unit, local % unit
-    return (block * kvp_size + kvp_rank) * unit + offset  # (num_local_tokens,)
-
-
-def _global_pos(local_index: int, unit: int, kvp_rank: int, kvp_size: int) -> int:
-    return ((local_index // unit) * kvp_size + kvp_rank) * unit + local_index % unit
 
 
 def gather_local_kv(cache: torch.Tensor, block_row: torch.Tensor, num_tokens: int) -> torch.Tensor:
@@ -244,14 +232,18 @@ def paged_partial_attention(
             nb = (n_kv + block_size - 1) // block_size
             ids = block_table[seq, :nb].tolist()
             # local blocks [0, vis) are visible to every query of this sequence; the rest need the causal mask
-            if qpos_all is None or min(qpos_all[q0:q1]) >= _global_pos(n_kv - 1, unit, kvp_rank, kvp_size):
+            if qpos_all is None or min(qpos_all[q0:q1]) >= global_position(
+                n_kv - 1, unit, kvp_rank, kvp_size
+            ):
                 vis_tokens = n_kv
             else:
                 qmin = min(qpos_all[q0:q1])
                 vis = 0
                 while (
                     vis < nb
-                    and _global_pos(min(vis * block_size + block_size, n_kv) - 1, unit, kvp_rank, kvp_size)
+                    and global_position(
+                        min(vis * block_size + block_size, n_kv) - 1, unit, kvp_rank, kvp_size
+                    )
                     <= qmin
                 ):
                     vis += 1

@@ -64,11 +64,11 @@ class HelixRuntime:
 
     @property
     def kvp_rank(self) -> int:
-        return self.rank % self.grid.kvp
+        return self.grid.coords(self.rank)[1]
 
     @property
     def tpa_rank(self) -> int:
-        return self.rank // self.grid.kvp
+        return self.grid.coords(self.rank)[0]
 
 
 _RUNTIME: HelixRuntime | None = None

@@ -84,7 +84,7 @@ def _install_slot_mapping() -> None:
         return
     from vllm.triton_utils.dispatcher import register_kernels
 
-    from vllm_helix.slot_mapping import compute_slot_mapping
+    from vllm_helix.sharding import compute_slot_mapping
 
     register_kernels({"vllm.v1.worker.block_table.ComputeSlotMappingKernel.kernel": compute_slot_mapping})
 

@@ -48,8 +48,7 @@ from vllm_helix.grid import HelixGrid
 from vllm_helix.hop_b import attend_and_exchange
 from vllm_helix.partial_attention import paged_partial_attention
 from vllm_helix.runtime import HelixStats
-from vllm_helix.sharding import local_lengths, local_slot, owner_rank
-from vllm_helix.slot_mapping import compute_slot_mapping
+from vllm_helix.sharding import compute_slot_mapping, local_lengths, local_slot, owner_rank
 
 H, D, BLOCK = 24, 32, 16  # H divides every N below (2, 3, 4, 6, 8); D a multiple of 16 (native kernel)
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
