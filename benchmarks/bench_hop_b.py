@@ -55,7 +55,7 @@ def _case(ctx: int, batch: int, kvp: int, rank: int, args, torch):
     key_cache, value_cache = kv[0], kv[1]  # (blocks, bs, kvh, D)
     md = SimpleNamespace(
         num_reqs=batch,
-        num_decode_tokens=batch,
+        num_decode_reqs=batch,
         query_start_loc=torch.arange(batch + 1),
         block_table=torch.arange(batch * nb, dtype=torch.int32).view(batch, nb),
         local_seq_lens=local,

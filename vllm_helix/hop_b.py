@@ -13,14 +13,12 @@ holds enough decode requests: 2 on CUDA, 32 on CPU (see AUTO_MIN_DECODE_REQS).
 
 from __future__ import annotations
 
-import functools
 import itertools
-import time
 
 import torch
 
 from vllm_helix.config import HelixConfig
-from vllm_helix.exchange import finish_exchange, pack_partials, send_packed
+from vllm_helix.exchange import exchange_and_combine, pack_partials
 from vllm_helix.kernels import dispatch
 from vllm_helix.partial_attention import paged_partial_attention
 
@@ -55,7 +53,7 @@ def _partial(query, key_cache, value_cache, md, r0: int, r1: int, scale: float, 
     CUDA — and prefill chunks through the torch path."""
     qsl = md.query_start_loc
     impl = dispatch.select_impl(query.device, rt.config.kernels)
-    d1 = min(r1, md.num_decode_tokens) if impl != "torch" else r0  # requests r0..d1 decode
+    d1 = min(r1, md.num_decode_reqs) if impl != "torch" else r0  # requests r0..d1 decode
     parts = []
     if d1 > r0:  # decode tokens r0..d1 (token index = request index for the leading decode requests)
         parts.append(
@@ -95,7 +93,7 @@ def _partial_packed(query, key_cache, value_cache, md, r0: int, r1: int, scale: 
     """Partials of requests r0..r1 in the exchange's send layout (KVP, tokens, H/N, D + e): a decode-only
     slice is written there directly by the decode kernel, anything else is computed by `_partial` and
     packed."""
-    if impl != "torch" and r1 <= md.num_decode_tokens:
+    if impl != "torch" and r1 <= md.num_decode_reqs:
         whole = r0 == 0 and r1 == md.num_reqs
         table = md.block_table if whole else md.block_table[r0:r1]
         lens = md.local_seq_lens if whole else md.local_seq_lens[r0:r1]
@@ -124,34 +122,21 @@ def attend_and_exchange(
 ) -> torch.Tensor:
     """query (tokens, H/TPA, D), caches (blocks, block_size, kv_heads, D) → exact (tokens, H/N, D), written
     into `out` (allocated if None) and returned. The implementation is chosen once per call
-    (`dispatch.select_impl`)."""
+    (`dispatch.select_impl`); the exchange and combine are `exchange.exchange_and_combine`."""
     kvp = rt.grid.kvp
     impl = dispatch.select_impl(query.device, rt.config.kernels)
     slices = plan_slices(
-        md.num_reqs, md.num_decode_tokens, kvp, rt.config, AUTO_MIN_DECODE_REQS.get(query.device.type, 2)
+        md.num_reqs, md.num_decode_reqs, kvp, rt.config, AUTO_MIN_DECODE_REQS.get(query.device.type, 2)
     )
-    pending, exchange_seconds = [], 0.0
-    for r0, r1 in slices:
-        send = _partial_packed(query, key_cache, value_cache, md, r0, r1, scale, rt, impl)
-        launched = time.perf_counter()
-        pending.append(
-            send_packed(send, rt.kvp_group, kvp, async_op=len(slices) > 1, local_exchange=rt.kvp_exchange)
-        )
-        exchange_seconds += time.perf_counter() - launched
-    waited = time.perf_counter()
     if out is None:
         out = torch.empty(
             query.shape[0], query.shape[1] // kvp, query.shape[2], dtype=query.dtype, device=query.device
         )
-    combine = functools.partial(dispatch.combine_packed, force=impl)
     if len(slices) == 1:
-        finish_exchange(*pending[0], query.shape[-1], query.dtype, combine, out=out)
-    else:
-        bounds = md.query_start_loc.tolist()
-        for (r0, r1), (recv, work) in zip(slices, pending, strict=True):
-            finish_exchange(
-                recv, work, query.shape[-1], query.dtype, combine, out=out[bounds[r0] : bounds[r1]]
-            )
-    rt.stats.exchange_seconds += exchange_seconds + time.perf_counter() - waited  # exposed exchange time
-    rt.stats.exchanges += len(slices)
+        send = _partial_packed(query, key_cache, value_cache, md, 0, md.num_reqs, scale, rt, impl)
+        exchange_and_combine((send,), (out,), rt, impl)
+        return out
+    bounds = md.query_start_loc.tolist()
+    sends = (_partial_packed(query, key_cache, value_cache, md, r0, r1, scale, rt, impl) for r0, r1 in slices)
+    exchange_and_combine(sends, [out[bounds[r0] : bounds[r1]] for r0, r1 in slices], rt, impl)
     return out

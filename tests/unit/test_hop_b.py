@@ -37,7 +37,7 @@ def _decode_case(num_seqs=3, heads=4, kv_heads=2, dim=16, block=16):
     lens = torch.tensor([5, 17, 40])
     md = SimpleNamespace(
         num_reqs=num_seqs,
-        num_decode_tokens=num_seqs,
+        num_decode_reqs=num_seqs,
         query_start_loc=torch.arange(num_seqs + 1),
         block_table=torch.arange(12, dtype=torch.int32).view(3, 4),
         local_seq_lens=lens,
