@@ -69,9 +69,9 @@ def _rank(rank: int, world: int, port: int, args, queue) -> None:
     import torch
     import torch.distributed as dist
 
+    from vllm_helix.attention.step import attend_and_exchange, plan_slices
     from vllm_helix.config import HelixConfig
     from vllm_helix.grid import HelixGrid
-    from vllm_helix.hop_b import attend_and_exchange, plan_slices
     from vllm_helix.runtime import HelixStats
 
     cores = sorted(os.sched_getaffinity(0))

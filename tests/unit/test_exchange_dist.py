@@ -43,11 +43,11 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from vllm_helix.attention.exchange import exchange_and_combine, pack_partials
+from vllm_helix.attention.step import attend_and_exchange
+from vllm_helix.attention.torch_attention import paged_partial_attention
 from vllm_helix.config import HelixConfig
-from vllm_helix.exchange import exchange_and_combine, pack_partials
 from vllm_helix.grid import HelixGrid
-from vllm_helix.hop_b import attend_and_exchange
-from vllm_helix.partial_attention import paged_partial_attention
 from vllm_helix.runtime import HelixStats
 from vllm_helix.sharding import compute_slot_mapping, local_lengths, local_slot, owner_rank
 

@@ -39,7 +39,7 @@ from vllm.model_executor.layers.attention.mla_attention import MLACommonMetadata
 from vllm.v1.attention.backend import AttentionLayer, MultipleOf
 from vllm.v1.attention.backends.mla.cpu_mla import CPUMLABackend, CPUMLAImpl
 
-from vllm_helix.exchange import exchange_and_combine, pack_partials
+from vllm_helix.attention.exchange import exchange_and_combine, pack_partials
 from vllm_helix.kernels import dispatch
 from vllm_helix.runtime import get_runtime, has_runtime
 
@@ -97,8 +97,8 @@ class HelixMLABackend(CPUMLABackend):
 def _helix_combine(partial_out: torch.Tensor, partial_lse: torch.Tensor, *, rt, **_unused) -> torch.Tensor:
     """vLLM's `MLADCPManager.combine` signature: partials (B, H_g, C) + LSE (B, H_g) → exact (B, H_g/KVP, C).
 
-    Packs (O, LSE) and hands them to the one exchange driver (`vllm_helix.exchange.exchange_and_combine`).
-    Empty shards already carry LSE = −inf and O = 0, so vLLM's `seq_lens` is not needed. The time counts in
+    Packs (O, LSE) and hands them to the one exchange driver (`exchange.exchange_and_combine`). Empty shards
+    already carry LSE = −inf and O = 0, so vLLM's `seq_lens` is not needed. The time counts in
     `attention_seconds` too, which (as for GQA) covers the whole attention step: partials, exchange, combine.
     """
     started = time.perf_counter()

@@ -6,10 +6,10 @@ from types import SimpleNamespace
 
 import torch
 
+from vllm_helix.attention.step import attend_and_exchange, plan_slices
+from vllm_helix.attention.torch_attention import paged_partial_attention
 from vllm_helix.config import HelixConfig
 from vllm_helix.grid import HelixGrid
-from vllm_helix.hop_b import attend_and_exchange, plan_slices
-from vllm_helix.partial_attention import paged_partial_attention
 from vllm_helix.runtime import HelixStats
 
 
@@ -63,9 +63,10 @@ def test_cpu_path_is_the_torch_reference():
 
 
 def test_cuda_path_calls_the_triton_launchers(monkeypatch):
-    from vllm_helix.kernels import combine as combine_kernel
+    from vllm_helix.attention.lse_combine import combine_partials
     from vllm_helix.kernels import dispatch
-    from vllm_helix.kernels import partial_attention as attention_kernel
+    from vllm_helix.kernels import triton_combine as combine_kernel
+    from vllm_helix.kernels import triton_decode_attention as attention_kernel
 
     calls = []
 
@@ -75,7 +76,7 @@ def test_cuda_path_calls_the_triton_launchers(monkeypatch):
 
     def fake_combine(o, lse, out_dtype=None):
         calls.append("combine")
-        return combine_kernel.combine_reference(o, lse, out_dtype)
+        return combine_partials(o, lse, out_dtype)
 
     monkeypatch.setattr(dispatch, "_is_cuda", lambda device: True)
     monkeypatch.setattr(dispatch, "triton_available", lambda: True)

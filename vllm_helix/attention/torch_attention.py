@@ -8,7 +8,7 @@ For a query q (one head) and the keys/values k_j, v_j a rank holds for its seque
     O_i   = Σ_j exp(s_j − LSE_i) · v_j         (the locally normalised output)
 
 A rank that holds no (visible) key for q returns LSE_i = −inf and O_i = 0 — never NaN — so that the combine
-(`vllm_helix.combine.combine_partials`) gives it weight exp(−inf − LSE) = 0.
+(`vllm_helix.attention.lse_combine.combine_partials`) gives it weight exp(−inf − LSE) = 0.
 
 Paged layout (the Helix backend's KV cache): `key_cache`/`value_cache` are (num_blocks, block_size, kv_heads,
 dim); a sequence's local block ``b`` (0, 1, 2, …) is ``block_table[seq, b]``. With KV-parallel size KVP and
@@ -26,7 +26,7 @@ import torch
 
 from vllm_helix.sharding import global_position, local_key_positions
 
-__all__ = ["paged_partial_attention", "gather_local_kv"]
+__all__ = ["paged_partial_attention", "decode_attention_reference", "gather_local_kv"]
 
 _sdpa = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 
@@ -288,3 +288,20 @@ def paged_partial_attention(
         out[q0:q1] = o.view(kv_heads, nq, group, v_dim).permute(1, 0, 2, 3).reshape(nq, heads, v_dim)
         lse[q0:q1] = seq_lse.view(kv_heads, nq, group).permute(1, 0, 2).reshape(nq, heads)
     return out.to(query.dtype), lse
+
+
+def decode_attention_reference(
+    query: torch.Tensor,  # (num_seqs, heads, head_dim), one decode token per sequence
+    key_cache: torch.Tensor,  # (num_blocks, block_size, kv_heads, head_dim)
+    value_cache: torch.Tensor,  # (num_blocks, block_size, kv_heads, v_dim)
+    block_table: torch.Tensor,  # (num_seqs, max_blocks)
+    local_seq_lens: torch.Tensor,  # (num_seqs,)
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The torch decode attention: `paged_partial_attention` with one query per sequence and every local key
+    visible → O (num_seqs, heads, v_dim), LSE (num_seqs, heads). The CPU fallback of `kernels.dispatch` and
+    the one reference the native and Triton decode kernels are tested against."""
+    query_start_loc = torch.arange(query.shape[0] + 1, device=query.device)
+    return paged_partial_attention(
+        query, key_cache, value_cache, block_table, local_seq_lens, query_start_loc, scale
+    )

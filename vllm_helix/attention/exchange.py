@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 import torch
 import torch.distributed as dist
 
-from vllm_helix.combine import combine_partials
+from vllm_helix.attention.lse_combine import combine_partials
 from vllm_helix.kernels import dispatch
 
 __all__ = ["pack_partials", "unpack_partials", "combine_received", "send_packed", "exchange_and_combine"]
