@@ -40,6 +40,7 @@ from vllm.v1.attention.backend import AttentionLayer, MultipleOf
 from vllm.v1.attention.backends.mla.cpu_mla import CPUMLABackend, CPUMLAImpl
 
 from vllm_helix.attention.exchange import exchange_and_combine, pack_partials
+from vllm_helix.compat.mla import install_mla_combine
 from vllm_helix.kernels import dispatch
 from vllm_helix.runtime import get_runtime, has_runtime
 
@@ -135,15 +136,6 @@ class HelixMLAImpl(CPUMLAImpl):
         )
         self._layer_key = f"mla@{id(self)}"
 
-    def _install_combine(self, layer: AttentionLayer) -> None:
-        """Route the layer's DCP combine (vLLM's Triton a2a / ag_rs, CUDA-only) to the Helix exchange."""
-        manager = getattr(layer, "dcp_manager", None)
-        if manager is None or getattr(manager, "helix_combine", False):
-            return
-        rt = get_runtime()
-        manager.combine = lambda out, lse, **kw: _helix_combine(out, lse, rt=rt, **kw)
-        manager.helix_combine = True
-
     def forward_mqa(
         self,
         q: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
@@ -171,9 +163,10 @@ class HelixMLAImpl(CPUMLAImpl):
             force=force,
         )
         if has_runtime():
-            get_runtime().stats.attention_seconds += time.perf_counter() - started
-            if self.dcp_world_size > 1:
-                self._install_combine(layer)
+            rt = get_runtime()
+            rt.stats.attention_seconds += time.perf_counter() - started
+            if self.dcp_world_size > 1:  # vLLM's DCP combine is CUDA-only: route it to the Helix exchange
+                install_mla_combine(layer, _helix_combine, rt)
         if self.dcp_world_size <= 1:
             return out, None
         return out, lse
