@@ -19,6 +19,9 @@ Transport: `dist.all_to_all_single` on the KVP process group (gloo on CPU, NCCL 
 synchronous exchange on CPU — `local_exchange`, the native shared-memory all-to-all between the group's
 processes (`vllm_helix.kernels.cpu_shm_collectives`): one copy in, one copy out, µs instead of a TCP round
 trip.
+
+`exchange_and_combine` is the one driver — packed partials in, exact output out, one timing — used by the GQA
+step (`vllm_helix.attention.step`, also for HOP-B's slices) and the MLA combine (`vllm_helix.attention.mla`).
 """
 
 from __future__ import annotations
@@ -82,8 +85,9 @@ def exchange_and_combine(sends: Iterable[torch.Tensor], outs: Sequence[torch.Ten
     sends: packed partials (KVP, tokens_s, h, D + e), one per slice; may be a generator, so that slice s+1 is
     computed while slice s travels (HOP-B: with more than one slice every all-to-all is launched
     asynchronously on the runtime's KVP group). outs: the matching exact outputs (tokens_s, h, D), written in
-    place by the combine `impl` ("native", "triton" or "torch", chosen once by the caller). `rt.kvp_exchange`
-    carries a synchronous exchange over shared memory.
+    place by `dispatch.combine_packed(recv, out, force=impl)` (`impl`: the step's "native" / "triton" /
+    "torch" choice, or the `helix.kernels` mode). `rt.kvp_exchange` carries a synchronous exchange over
+    shared memory.
 
     `rt.stats.exchange_seconds` grows by the exposed exchange time: launching, waiting and combining (the
     partial attention of later slices overlapping an exchange is not counted)."""

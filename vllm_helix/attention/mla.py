@@ -106,8 +106,8 @@ def _helix_combine(partial_out: torch.Tensor, partial_lse: torch.Tensor, *, rt, 
     kvp = rt.grid.kvp
     batch, heads, dim = partial_out.shape
     out = torch.empty(batch, heads // kvp, dim, dtype=partial_out.dtype, device=partial_out.device)
-    impl = dispatch.select_impl(partial_out.device, rt.config.kernels)
-    exchange_and_combine((pack_partials(partial_out, partial_lse, kvp),), (out,), rt, impl)
+    # the combine's kernel: chosen by `dispatch.combine_packed` from the `helix.kernels` knob
+    exchange_and_combine((pack_partials(partial_out, partial_lse, kvp),), (out,), rt, rt.config.kernels)
     rt.stats.attention_seconds += time.perf_counter() - started
     return out
 
