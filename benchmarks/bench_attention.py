@@ -82,6 +82,7 @@ def main() -> None:
 
     import torch
 
+    from vllm_helix.attention.torch_attention import decode_attention_reference
     from vllm_helix.kernels import cpu_build, cpu_decode_attention
     from vllm_helix.planner import ceilings
 
@@ -92,9 +93,7 @@ def main() -> None:
         "native": lambda q, kc, vc, t, n: cpu_decode_attention.partial_decode_attention(
             q, kc, vc, t, n, DIM**-0.5
         ),
-        "torch": lambda q, kc, vc, t, n: cpu_decode_attention.partial_decode_attention_reference(
-            q, kc, vc, t, n, DIM**-0.5
-        ),
+        "torch": lambda q, kc, vc, t, n: decode_attention_reference(q, kc, vc, t, n, DIM**-0.5),
     }
     impls = {
         k: v

@@ -50,7 +50,7 @@ def _case(ctx: int, batch: int, kvp: int, rank: int, args, torch):
     key_cache, value_cache = kv[0], kv[1]  # (blocks, bs, kvh, D)
     md = SimpleNamespace(
         num_reqs=batch,
-        num_decode_tokens=batch,
+        num_decode_reqs=batch,
         query_start_loc=torch.arange(batch + 1),
         block_table=torch.arange(batch * nb, dtype=torch.int32).view(batch, nb),
         local_seq_lens=local,
@@ -64,9 +64,9 @@ def _rank(rank: int, world: int, port: int, args, queue) -> None:
     import torch
     import torch.distributed as dist
 
+    from vllm_helix.attention.step import attend_and_exchange, plan_slices
     from vllm_helix.config import HelixConfig
     from vllm_helix.grid import HelixGrid
-    from vllm_helix.hop_b import attend_and_exchange, plan_slices
     from vllm_helix.runtime import HelixStats
 
     cores = sorted(os.sched_getaffinity(0))

@@ -51,14 +51,15 @@ def bench(args, device: torch.device | None = None, timer=None) -> dict:
     """Run one op on `device` (CUDA by default); `timer(fn) -> ms` defaults to triton's do_bench (median)."""
     import triton.testing
 
-    from vllm_helix.kernels.combine import combine, combine_reference
-    from vllm_helix.kernels.mla_partial_attention import (
+    from vllm_helix.attention.lse_combine import combine_partials as combine_reference
+    from vllm_helix.attention.torch_attention import (
+        decode_attention_reference as partial_decode_attention_reference,
+    )
+    from vllm_helix.kernels.triton_combine import combine
+    from vllm_helix.kernels.triton_decode_attention import partial_decode_attention
+    from vllm_helix.kernels.triton_mla_decode_attention import (
         mla_partial_decode_attention,
         mla_partial_decode_attention_reference,
-    )
-    from vllm_helix.kernels.partial_attention import (
-        partial_decode_attention,
-        partial_decode_attention_reference,
     )
 
     device, dtype = device or torch.device("cuda"), _DTYPES[args.dtype]

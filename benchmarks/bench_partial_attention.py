@@ -55,7 +55,7 @@ def main() -> None:
 
     import torch
 
-    from vllm_helix.partial_attention import paged_partial_attention as after
+    from vllm_helix.attention.torch_attention import paged_partial_attention as after
 
     torch.set_num_threads(1)
     before = load_revision(args.before)

@@ -1,10 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
 """Triton kernels of the Helix backend (GPU path) and their torch references, as `vllm_helix.kernels`.
 
-Submodules (one op each): `partial_attention` (Triton paged partial decode attention, split-KV, O + LSE),
-`cpu_decode_attention` (the same op as native CPU code, built by `cpu_build` from `csrc/`), `combine` (the
-Helix LSE combine), `mla_partial_attention` (absorbed-MLA decode), and `dispatch` (the one table that picks
-Triton on CUDA, native code on CPU, torch references otherwise).
+Submodules, named implementation_op: `triton_decode_attention` (Triton paged partial decode attention,
+split-KV, O + LSE), `cpu_decode_attention` (the same op as native CPU code, built by `cpu_build` from
+`csrc/`), `triton_combine` and `cpu_combine` (the Helix LSE combine), `triton_mla_decode_attention`
+(absorbed-MLA decode), `cpu_shm_collectives` (the shared-memory all-to-all and all-reduce), and `dispatch`
+(the one selection point and table: Triton on CUDA, native code on CPU, the torch references of
+`vllm_helix.attention` otherwise).
 Importing this package does not import Triton; the submodules load on first attribute access.
 """
 
@@ -16,11 +18,11 @@ import importlib
 __all__ = ["triton_available"]  # submodules load lazily through __getattr__
 
 _SUBMODULES = (
-    "partial_attention",
+    "triton_decode_attention",
     "cpu_decode_attention",
     "cpu_build",
-    "combine",
-    "mla_partial_attention",
+    "triton_combine",
+    "triton_mla_decode_attention",
     "dispatch",
 )
 

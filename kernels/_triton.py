@@ -12,15 +12,12 @@ import os
 
 import torch
 
-__all__ = ["HAS_TRITON", "triton", "tl", "require_triton", "check_launch_device"]
+__all__ = ["triton", "tl", "require_triton", "check_launch_device"]
 
 try:
     import triton
     import triton.language as tl
-
-    HAS_TRITON = True
 except ImportError:  # pragma: no cover - exercised only on installs without triton
-    HAS_TRITON = False
 
     class _TritonPlaceholder:
         @staticmethod
@@ -44,7 +41,9 @@ except ImportError:  # pragma: no cover - exercised only on installs without tri
 
 def require_triton(op: str) -> None:
     """Raise a clear error when a Triton launcher is called on an install without Triton."""
-    if not HAS_TRITON:
+    from vllm_helix.kernels import triton_available  # the one "is Triton importable" flag
+
+    if not triton_available():
         raise RuntimeError(
             f"{op}: Triton is not importable. Install the CUDA build (`pip install vllm-helix[cuda]`) "
             "or run the torch reference with VLLM_HELIX_KERNELS=torch."

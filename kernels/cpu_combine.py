@@ -1,13 +1,13 @@
 # SPDX-License-Identifier: Apache-2.0
 """Native CPU Helix combine from the exchange's receive buffer (`torch.ops.helix_cpu.combine_packed`).
 
-recv (KVP, T, h, D + e) holds every KVP peer's rows [O_i | LSE_i bits] (`vllm_helix.exchange.pack_partials`);
-the op writes into out (T, h, D), in place, with fp32 accumulation:
+recv (KVP, T, h, D + e) holds every KVP peer's rows [O_i | LSE_i bits]
+(`vllm_helix.attention.exchange.pack_partials`); the op writes into out (T, h, D), in place, with fp32
+accumulation:
 
     M = max_i LSE_i,    O = Σ_i exp(LSE_i − M) · O_i / Σ_i exp(LSE_i − M)     (O = 0 when every LSE_i = −inf)
 
-`combine_packed_reference` is the torch path (`vllm_helix.exchange.combine_received`), the reference of the
-tests.
+The torch path, the reference of the tests, is `vllm_helix.attention.exchange.combine_received`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 
 from vllm_helix.kernels import cpu_build
 
-__all__ = ["combine_packed", "combine_packed_reference", "supports"]
+__all__ = ["combine_packed", "supports"]
 
 
 def supports(recv: torch.Tensor, out: torch.Tensor) -> bool:
@@ -35,9 +35,3 @@ def combine_packed(recv: torch.Tensor, out: torch.Tensor) -> None:
     if reason is not None:
         raise RuntimeError(reason)
     torch.ops.helix_cpu.combine_packed(recv, out)
-
-
-def combine_packed_reference(recv: torch.Tensor, out: torch.Tensor) -> None:
-    from vllm_helix.exchange import combine_received
-
-    combine_received(recv, out)

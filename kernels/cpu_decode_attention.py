@@ -12,8 +12,8 @@ online softmax, and runs AVX-512, AVX2 or portable code chosen at run time. Work
 thread pool by (sequence × KV head × head pass); with fewer items than threads a sequence is cut into splits
 merged by the LSE rule (flash-decoding).
 
-`partial_decode_attention_reference` is the torch path
-(`vllm_helix.partial_attention.paged_partial_attention`), the CPU fallback and the reference of the tests.
+The torch path — the CPU fallback and the reference of the tests — is
+`vllm_helix.attention.torch_attention.decode_attention_reference`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from vllm_helix.kernels import cpu_build
 __all__ = [
     "partial_decode_attention",
     "partial_decode_attention_packed",
-    "partial_decode_attention_reference",
     "supports",
 ]
 
@@ -80,27 +79,10 @@ def partial_decode_attention_packed(
 ) -> torch.Tensor:
     """The same attention written straight into the exchange's send layout: → (chunks, num_seqs, heads /
     chunks, v_dim + e) in the query's dtype, rows [O | LSE as fp32 bits] — what
-    `vllm_helix.exchange.pack_partials` makes of (O, LSE), without the intermediate tensors."""
+    `vllm_helix.attention.exchange.pack_partials` makes of (O, LSE), without the intermediate tensors."""
     reason = cpu_build.load()
     if reason is not None:
         raise RuntimeError(reason)
     return torch.ops.helix_cpu.decode_attention_packed(
         query, key_cache, value_cache, block_table, local_seq_lens, float(scale), chunks, num_splits, isa
-    )
-
-
-def partial_decode_attention_reference(
-    query: torch.Tensor,
-    key_cache: torch.Tensor,
-    value_cache: torch.Tensor,
-    block_table: torch.Tensor,
-    local_seq_lens: torch.Tensor,
-    scale: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The torch path with the same signature: one query token per sequence, every local key visible."""
-    from vllm_helix.partial_attention import paged_partial_attention
-
-    query_start_loc = torch.arange(query.shape[0] + 1)
-    return paged_partial_attention(
-        query, key_cache, value_cache, block_table, local_seq_lens, query_start_loc, scale
     )

@@ -8,7 +8,8 @@ Each call is one round, so every peer must issue the same collectives in the sam
 group):
 
 - `all_to_all(send)` / calling the group: send (P, …) — chunk j for peer j — → recv (P, …), recv[r] = chunk
-  `rank` of peer r's send: the Helix KVP exchange (`vllm_helix.exchange`), one copy in and one copy out;
+  `rank` of peer r's send: the Helix KVP exchange (`vllm_helix.attention.exchange`), one copy in and one copy
+  out;
 - `all_reduce(x)`: x ← Σ over peers, in place, summed in peer order in fp32 (the same bits on every peer): the
   TP group's all-reduce in the Helix worker where vLLM has no shared-memory one.
 
@@ -96,7 +97,7 @@ class ShmGroup:
             self.spins,
         )
 
-    __call__ = all_to_all  # the `local_exchange` of vllm_helix.exchange.send_packed
+    __call__ = all_to_all  # the `local_exchange` of vllm_helix.attention.exchange.send_packed
 
     def all_reduce(self, x: torch.Tensor) -> bool:
         """x ← Σ over peers, in place (contiguous fp32 / bf16). False, with x untouched, if it cannot go

@@ -112,14 +112,16 @@ def decode_attention(
     args = (query, key_cache, value_cache, block_table, local_seq_lens, scale)
     impl = select_impl(query.device, force)
     if impl == "triton":
-        from vllm_helix.kernels import partial_attention
+        from vllm_helix.kernels import triton_decode_attention
 
-        return partial_attention.partial_decode_attention(*args, num_splits=num_splits)
+        return triton_decode_attention.partial_decode_attention(*args, num_splits=num_splits)
     from vllm_helix.kernels import cpu_decode_attention
 
     if impl == "native" and cpu_decode_attention.supports(query, key_cache, value_cache):
         return cpu_decode_attention.partial_decode_attention(*args, num_splits=num_splits or 0)
-    return cpu_decode_attention.partial_decode_attention_reference(*args)
+    from vllm_helix.attention.torch_attention import decode_attention_reference
+
+    return decode_attention_reference(*args)
 
 
 def decode_attention_packed(
@@ -134,7 +136,8 @@ def decode_attention_packed(
     force: str | None = None,
 ) -> torch.Tensor:
     """Partial decode attention in the exchange's send layout (KVP, num_seqs, heads/KVP, v_dim + e): written
-    there directly by the native op, else computed and packed (`vllm_helix.exchange.pack_partials`)."""
+    there directly by the native op, else computed and packed
+    (`vllm_helix.attention.exchange.pack_partials`)."""
     from vllm_helix.kernels import cpu_decode_attention
 
     if select_impl(query.device, force) == "native" and cpu_decode_attention.supports(
@@ -143,7 +146,7 @@ def decode_attention_packed(
         return cpu_decode_attention.partial_decode_attention_packed(
             query, key_cache, value_cache, block_table, local_seq_lens, scale, kvp
         )
-    from vllm_helix.exchange import pack_partials
+    from vllm_helix.attention.exchange import pack_partials
 
     out, lse = decode_attention(
         query, key_cache, value_cache, block_table, local_seq_lens, scale, force=force
@@ -159,7 +162,7 @@ def combine_packed(recv: torch.Tensor, out: torch.Tensor, *, force: str | None =
 
         if cpu_combine.supports(recv, out):
             return cpu_combine.combine_packed(recv, out)
-    from vllm_helix.exchange import combine_received, unpack_partials
+    from vllm_helix.attention.exchange import combine_received, unpack_partials
 
     if impl == "triton":
         partial_out, partial_lse = unpack_partials(recv, out.shape[-1])
@@ -177,10 +180,10 @@ def combine(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Helix combine of KVP partials: (O (tokens, heads, dim), LSE (tokens, heads) fp32)."""
     if select_impl(partial_out.device, force) == "triton":  # native: no native combine op, the torch one
-        from vllm_helix.kernels import combine as combine_module
+        from vllm_helix.kernels import triton_combine
 
-        return combine_module.combine(partial_out, partial_lse, out_dtype)
-    from vllm_helix.combine import combine_partials
+        return triton_combine.combine(partial_out, partial_lse, out_dtype)
+    from vllm_helix.attention.lse_combine import combine_partials
 
     return combine_partials(partial_out, partial_lse, out_dtype)
 
@@ -197,9 +200,11 @@ def mla_decode_attention(
     force: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Absorbed-MLA partial decode attention: O (num_seqs, heads, kv_lora_rank), LSE (num_seqs, heads)."""
-    from vllm_helix.kernels import mla_partial_attention  # imports fine without triton (placeholder jit)
+    from vllm_helix.kernels import (
+        triton_mla_decode_attention,  # imports fine without triton (placeholder jit)
+    )
 
     args = (q_nope, q_pe, kv_cache, block_table, local_seq_lens, scale)
     if select_impl(q_nope.device, force) == "triton":
-        return mla_partial_attention.mla_partial_decode_attention(*args, num_splits=num_splits)
-    return mla_partial_attention.mla_partial_decode_attention_reference(*args)
+        return triton_mla_decode_attention.mla_partial_decode_attention(*args, num_splits=num_splits)
+    return triton_mla_decode_attention.mla_partial_decode_attention_reference(*args)

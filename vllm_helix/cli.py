@@ -22,13 +22,13 @@ def _setup_cpu(argv: list[str]) -> int:
 
 
 def _demo_model(argv: list[str]) -> int:
-    from vllm_helix.demo_model import main
+    from vllm_helix.demo.model import main
 
     return main(argv)
 
 
 def _serve_demo(argv: list[str]) -> int:
-    from vllm_helix.demo_server import main
+    from vllm_helix.demo.server import main
 
     return main(argv)
 

@@ -29,8 +29,14 @@ class HelixConfigError(ValueError):
     """A Helix grid or option that cannot work; the message names the values and a grid that would."""
 
 
-def _divisors(n: int) -> list[int]:
+def divisors(n: int) -> list[int]:
+    """1 ≤ d ≤ n with n % d == 0, ascending."""
     return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def rank_coords(rank: int, kvp: int) -> tuple[int, int]:
+    """(tpa index t, kvp index k) = (rank // KVP, rank % KVP): the one home of the rank ↔ grid rule."""
+    return rank // kvp, rank % kvp
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +91,7 @@ class HelixGrid:
 
     def coords(self, rank: int) -> tuple[int, int]:
         """(tpa index, kvp index) of `rank`."""
-        return rank // self.kvp, rank % self.kvp
+        return rank_coords(rank, self.kvp)
 
     def kvp_group(self, tpa_index: int) -> list[int]:
         return [tpa_index * self.kvp + k for k in range(self.kvp)]
@@ -101,11 +107,11 @@ class HelixGrid:
 
     def attention_heads(self, rank: int) -> range:
         """Query heads rank computes during attention (its TPA shard)."""
-        t = rank // self.kvp
+        t = self.coords(rank)[0]
         return range(t * self.heads_per_tpa_rank, (t + 1) * self.heads_per_tpa_rank)
 
     def kv_heads(self, rank: int) -> range:
-        t = rank // self.kvp
+        t = self.coords(rank)[0]
         if self.tpa >= self.num_kv_heads:
             first = t * self.num_kv_heads // self.tpa
             return range(first, first + 1)
@@ -120,8 +126,8 @@ class HelixGrid:
         return [
             {
                 "rank": r,
-                "tpa_index": r // self.kvp,
-                "kvp_index": r % self.kvp,
+                "tpa_index": self.coords(r)[0],
+                "kvp_index": self.coords(r)[1],
                 "attention_heads": [self.attention_heads(r).start, self.attention_heads(r).stop - 1],
                 "kv_heads": [self.kv_heads(r).start, self.kv_heads(r).stop - 1],
                 "output_heads": [self.output_heads(r).start, self.output_heads(r).stop - 1],
@@ -164,7 +170,7 @@ def working_grids(num_heads: int, num_kv_heads: int, max_world_size: int = 64) -
     preferred."""
     grids = []
     for n in range(1, max_world_size + 1):
-        for kvp in _divisors(n):
+        for kvp in divisors(n):
             if not grid_problems(n, kvp, num_heads, num_kv_heads):
                 grids.append((n, kvp))
     return grids

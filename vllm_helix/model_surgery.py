@@ -15,19 +15,19 @@ constructed — before weights are loaded — each attention block gets:
 
 One mechanism for every model built from the usual `qkv_proj` + `attn` + `o_proj` pattern (Llama, Mistral,
 Qwen2, Qwen3, …): `make_helix_model_class(cls)` returns a subclass whose `__init__` applies it, registered
-under the model's architecture in the Helix worker process only.
+under the model's architecture in the Helix worker process only. The vLLM seams it uses (the `_TP` view,
+the `Attention` class swap, the constructor's KV-head count, the model registry) are `vllm_helix.compat.model`
+and `vllm_helix.compat.registry`.
 """
 
 from __future__ import annotations
 
-import contextlib
-
-import torch
 from torch import nn
-from vllm.distributed import parallel_state
 from vllm.model_executor.layers.attention import Attention
 from vllm.model_executor.layers.linear import QKVParallelLinear, RowParallelLinear
 
+from vllm_helix.compat.model import constructible_kv_heads, rehead_attention, tensor_parallel_view
+from vllm_helix.compat.registry import load_model_class, register_model_class
 from vllm_helix.config import MLA_ARCHITECTURES, SUPPORTED_ARCHITECTURES
 from vllm_helix.grid import HelixConfigError
 from vllm_helix.runtime import HelixRuntime, get_runtime
@@ -35,60 +35,6 @@ from vllm_helix.runtime import HelixRuntime, get_runtime
 # MLA models need no re-sharding: vLLM's MLAAttention + DCP (q_b_proj replicated over the KVP group, latent KV
 # sharded by DCP, LSE combine to H/N heads, kv_b_proj/o_proj at TP = N) is the Helix split once the backend
 # returns an LSE — see vllm_helix.attention.mla.
-
-
-@contextlib.contextmanager
-def tensor_parallel_view(coordinator):
-    """Make vLLM's TP getters report `coordinator` (the TPA group) while a layer is constructed."""
-    saved = parallel_state._TP
-    parallel_state._TP = coordinator
-    try:
-        yield
-    finally:
-        parallel_state._TP = saved
-
-
-class HelixAttention(Attention):
-    """`Attention` whose output holds H/N heads (after the exchange) while it attends with H/TPA heads."""
-
-    helix_out_heads: int
-
-    def forward(
-        self,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        output_shape: torch.Size | None = None,
-        output_dtype: torch.dtype | None = None,
-    ) -> torch.Tensor:
-        num_tokens = query.shape[0]
-        output = torch.empty(
-            num_tokens,
-            self.helix_out_heads,
-            self.head_size_v,
-            dtype=output_dtype or query.dtype,
-            device=query.device,
-        )  # (tokens, H/N, D)
-        query = query.view(-1, self.num_heads, self.head_size)  # (tokens, H/TPA, D)
-        key = key.view(-1, self.num_kv_heads, self.head_size)  # (tokens, K/TPA, D)
-        value = value.view(-1, self.num_kv_heads, self.head_size_v)
-        if self.use_direct_call:
-            from vllm.model_executor.layers.attention.attention import (
-                unified_attention_with_output,
-                unified_kv_cache_update,
-            )
-
-            dep = unified_kv_cache_update(key, value, self.layer_name)
-            unified_attention_with_output(query, key, value, output, self.layer_name, kv_cache_dummy_dep=dep)
-        else:
-            from vllm.model_executor.layers.attention.attention import _encode_layer_name
-
-            encoded = _encode_layer_name(self.layer_name)
-            dep = torch.ops.vllm.unified_kv_cache_update(key, value, encoded)
-            torch.ops.vllm.unified_attention_with_output(
-                query, key, value, output, encoded, kv_cache_dummy_dep=dep
-            )
-        return output.view(num_tokens, -1)
 
 
 def _attention_blocks(model: nn.Module):
@@ -131,31 +77,9 @@ def reshard_attention(model: nn.Module, rt: HelixRuntime) -> int:
         block.num_heads, block.num_kv_heads = new.num_heads, new.num_kv_heads
         block.q_size = new.num_heads * new.head_size
         block.kv_size = new.num_kv_heads * new.head_size
-        attn = block.attn
-        attn.__class__ = HelixAttention
-        attn.num_heads, attn.num_kv_heads = new.num_heads, new.num_kv_heads
-        attn.helix_out_heads = grid.heads_per_rank
-        attn.impl.num_heads, attn.impl.num_kv_heads = new.num_heads, new.num_kv_heads
+        rehead_attention(block.attn, new.num_heads, new.num_kv_heads, grid.heads_per_rank)
         count += 1
     return count
-
-
-@contextlib.contextmanager
-def constructible_kv_heads(vllm_config):
-    """Let the stock model be built at TP = N when its K KV heads and N divide neither way (e.g. K = 3, N = 2:
-    vLLM's attention blocks assert K % N == 0 or N % K == 0). Only the attention blocks' `qkv_proj` and `attn`
-    depend on K, and `reshard_attention` rebuilds both from the true K right after construction, before any
-    weight is loaded; so the constructor is shown N KV heads (`hf_config.num_key_value_heads`) meanwhile."""
-    config = vllm_config.model_config.hf_text_config
-    k, n = getattr(config, "num_key_value_heads", None), vllm_config.parallel_config.tensor_parallel_size
-    if not k or k % n == 0 or n % k == 0:
-        yield
-        return
-    config.num_key_value_heads = n
-    try:
-        yield
-    finally:
-        config.num_key_value_heads = k
 
 
 def make_helix_model_class(base: type[nn.Module]) -> type[nn.Module]:
@@ -174,8 +98,6 @@ def make_helix_model_class(base: type[nn.Module]) -> type[nn.Module]:
 
 def register_helix_models(architectures: list[str]) -> None:
     """Register Helix subclasses for `architectures` in this process's vLLM model registry."""
-    from vllm.model_executor.models import ModelRegistry
-
     for arch in architectures:
         if arch in MLA_ARCHITECTURES:
             continue
@@ -184,8 +106,8 @@ def register_helix_models(architectures: list[str]) -> None:
                 f"architecture {arch} is not supported by Helix yet; supported: "
                 f"{', '.join(SUPPORTED_ARCHITECTURES + MLA_ARCHITECTURES)}"
             )
-        base = ModelRegistry._try_load_model_cls(arch)
+        base = load_model_class(arch)
         if base is None:
             raise HelixConfigError(f"vLLM cannot load the model class for {arch}")
         if not base.__name__.startswith("Helix"):
-            ModelRegistry.register_model(arch, make_helix_model_class(base))
+            register_model_class(arch, make_helix_model_class(base))

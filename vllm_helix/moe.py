@@ -24,19 +24,15 @@ The Helix dispatch (`remap_topk_to_local`, pure torch) does that mapping before 
     w_k   ← 0 where local == −1;  e_k ← max(local, 0)
 
 A zero-weighted slot adds 0 · Expert_0(x) = 0, so the kernel's result is exactly y_r. The Helix worker
-installs it (`install_cpu_expert_parallel`) in its own process only, and logs that it did.
+installs it (`vllm_helix.compat.moe.install_cpu_expert_parallel`, a guarded wrapper of that `apply`) in its
+own process only, and logs that it did.
 """
 
 from __future__ import annotations
 
-import functools
-
 import torch
-from vllm.logger import init_logger
 
-logger = init_logger("vllm.helix.moe")  # under "vllm" so vLLM's log handlers show it
-
-__all__ = ["remap_topk_to_local", "install_cpu_expert_parallel"]
+__all__ = ["remap_topk_to_local"]
 
 
 def remap_topk_to_local(
@@ -48,63 +44,3 @@ def remap_topk_to_local(
     remote = local < 0
     weights = topk_weights.masked_fill(remote, 0)
     return local.clamp_min(0).to(topk_ids.dtype), weights
-
-
-def _wrap_apply(original):
-    @functools.wraps(original)
-    def apply(
-        self,
-        output,
-        hidden_states,
-        w1,
-        w2,
-        topk_weights,
-        topk_ids,
-        activation,
-        global_num_experts,
-        expert_map,
-        *args,
-        **kwargs,
-    ):
-        if expert_map is not None:
-            topk_ids, topk_weights = remap_topk_to_local(topk_ids, topk_weights, expert_map)
-            if not getattr(apply, "_logged", False):
-                apply._logged = True
-                logger.info(
-                    "Helix: CPU expert parallelism — routing %d global experts to %d local ones through "
-                    "expert_map before cpu_fused_moe (vLLM's CPU path ignores expert_map)",
-                    global_num_experts,
-                    w1.shape[0],
-                )
-        return original(
-            self,
-            output,
-            hidden_states,
-            w1,
-            w2,
-            topk_weights,
-            topk_ids,
-            activation,
-            global_num_experts,
-            expert_map,
-            *args,
-            **kwargs,
-        )
-
-    apply.__helix_patched__ = True
-    return apply
-
-
-def install_cpu_expert_parallel() -> bool:
-    """Make vLLM's unquantized CPU MoE experts honour `expert_map` (this process only). Returns True if
-    installed. Quantized CPU expert classes are left alone (Helix's CPU tests are float32)."""
-    from vllm.model_executor.layers.fused_moe.experts import cpu_moe
-
-    cls = cpu_moe.CPUUnquantizedExperts
-    if getattr(cls.apply, "__helix_patched__", False):
-        return False
-    cls.apply = _wrap_apply(cls.apply)
-    logger.info(
-        "Helix: installed expert_map-aware dispatch for CPUUnquantizedExperts (--enable-expert-parallel)"
-    )
-    return True

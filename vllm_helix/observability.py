@@ -4,10 +4,10 @@
 No `vllm.endpoint_plugins` entry point: vLLM 0.32 loads those only when named in `VLLM_PLUGINS`, and warns on
 every start of every server — stock ones included — that it found one while `VLLM_PLUGINS` is unset. Instead
 the general plugin (`vllm_helix.plugin.register`, run in the API server process before the app is built) calls
-`install_status_route`: one guarded wrapper of `vllm.entrypoints.launchers.app.attach_endpoint_plugins`, the
-name that `build_app` (same module; `vllm.entrypoints.openai.api_server` re-exports it) calls after the core
-routers to attach endpoint plugins, with `app.state.args` already set. For `--worker-cls vllm_helix.Worker` it
-attaches `HelixStatusPlugin` and lists it in `app.state.endpoint_plugins`, so that vLLM's own phase B
+`vllm_helix.compat.status_route.install_status_route`: one guarded wrapper of
+`vllm.entrypoints.launchers.app.attach_endpoint_plugins`, which `build_app` calls after the core routers to
+attach endpoint plugins, with `app.state.args` already set. For `--worker-cls vllm_helix.Worker` it attaches
+`HelixStatusPlugin` and lists it in `app.state.endpoint_plugins`, so that vLLM's own phase B
 (`init_endpoint_plugins_state`, from `init_app_state`) hands it the engine client; for any other worker it
 only calls vLLM's original: a stock server has no Helix route, gauge or log line.
 
@@ -23,15 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import sys
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from vllm_helix.config import is_helix_worker
-
-APP_MODULE = "vllm.entrypoints.launchers.app"  # defines build_app and imports attach_endpoint_plugins by name
 
 _GAUGES = None
 
@@ -88,7 +84,8 @@ async def collect_status(engine_client) -> dict:
 
 class HelixStatusPlugin:
     """`GET /helix/status` plus the gauges above, in the shape of a vLLM 0.32 endpoint plugin
-    (`vllm.plugins.endpoint_plugins.interface.EndpointPlugin`), attached by `install_status_route`."""
+    (`vllm.plugins.endpoint_plugins.interface.EndpointPlugin`), attached by
+    `vllm_helix.compat.status_route`."""
 
     name = "helix_status"
     required_tasks = ("generate",)
@@ -122,32 +119,3 @@ def serves_helix_status(app: FastAPI, supported_tasks) -> bool:
     return is_helix_worker(getattr(args, "worker_cls", None)) and bool(
         tasks & set(HelixStatusPlugin.required_tasks)
     )
-
-
-def _with_helix_status(original):
-    @functools.wraps(original)
-    def attach_endpoint_plugins(app, supported_tasks, *args, **kwargs):
-        result = original(app, supported_tasks, *args, **kwargs)  # vLLM's own endpoint plugins, unchanged
-        if serves_helix_status(app, supported_tasks):
-            plugin = HelixStatusPlugin()
-            plugin.attach_router(app)
-            app.state.endpoint_plugins = [*getattr(app.state, "endpoint_plugins", []), plugin]  # phase B
-            app.openapi_schema = None
-        return result
-
-    attach_endpoint_plugins.__helix_patched__ = True
-    return attach_endpoint_plugins
-
-
-def install_status_route() -> bool:
-    """Wrap `vllm.entrypoints.launchers.app.attach_endpoint_plugins` once (idempotent) if that module is
-    loaded — it is in every API server process (`vllm serve` imports it before any plugin runs), nowhere else.
-    `build_app` looks the name up in its module at call time, so replacing the module attribute is enough.
-    Returns whether the wrapper is in place."""
-    module = sys.modules.get(APP_MODULE)
-    original = getattr(module, "attach_endpoint_plugins", None)
-    if original is None:
-        return False
-    if not getattr(original, "__helix_patched__", False):
-        module.attach_endpoint_plugins = _with_helix_status(original)
-    return True

@@ -15,9 +15,9 @@ from vllm_helix.grid import HelixGrid
 class HelixStats:
     """Counters the backend updates and the worker reports (metrics, /helix/status)."""
 
-    exchange_seconds: float = 0.0
+    exchange_seconds: float = 0.0  # exposed KVP all-to-all + combine (`exchange.exchange_and_combine`)
     exchanges: int = 0
-    attention_seconds: float = 0.0
+    attention_seconds: float = 0.0  # the whole attention step, exchange included (GQA and MLA alike)
     all_reduce_seconds: float = 0.0  # TP all-reduces over Helix's shared memory, waiting for peers included
     all_reduces: int = 0
 
@@ -64,11 +64,11 @@ class HelixRuntime:
 
     @property
     def kvp_rank(self) -> int:
-        return self.rank % self.grid.kvp
+        return self.grid.coords(self.rank)[1]
 
     @property
     def tpa_rank(self) -> int:
-        return self.rank // self.grid.kvp
+        return self.grid.coords(self.rank)[0]
 
 
 _RUNTIME: HelixRuntime | None = None

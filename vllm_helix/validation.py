@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """Every configuration Helix cannot run, found before any worker starts (pure: no vLLM import).
 
-`vllm_helix.patches` copies the values that matter out of vLLM's `EngineArgs` / `VllmConfig` into a
-`HelixSetup` and calls `validate_setup` in the API / engine-config process, so a bad `vllm serve ...
+`vllm_helix.compat.config_checks` copies the values that matter out of vLLM's `EngineArgs` / `VllmConfig`
+into a `HelixSetup` and calls `validate_setup` in the API / engine-config process, so a bad `vllm serve ...
 --worker-cls vllm_helix.Worker` or `LLM(..., worker_cls="vllm_helix.Worker")` fails in seconds with one
 `HelixConfigError` listing each problem, its values and a setting that works — never after the ranks have
 spawned, never a hang.

@@ -9,9 +9,10 @@ Overrides two hooks and adds two RPC methods:
   only, and only when there is KV to shard (KVP > 1) or the model is MLA; at KVP = 1 vLLM's own attention is
   the Helix result.
 - `init_device`: after vLLM's groups exist, reuses the DCP group (consecutive ranks) as the KVP group and
-  builds the
-  TPA groups (equal kvp index) with `init_model_parallel_group`; on CPU also the shared-memory exchange over
-  the KVP ranks (`_shm_exchange`).
+  builds the TPA groups (equal kvp index) with `init_model_parallel_group`; on CPU also the shared-memory
+  exchange over the KVP ranks (`_shm_exchange`) and the TP all-reduce over shared memory.
+
+Every hook into vLLM's internals that it installs is in `vllm_helix.compat` (registry, cpu_comm, moe).
 - `helix_status()` / `helix_reset_stats()`: per-rank grid position, KV use and exchange time, for
   `collective_rpc` (tests, `/helix/status`, metrics).
 """
@@ -19,7 +20,6 @@ Overrides two hooks and adds two RPC methods:
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import torch
 from vllm.logger import init_logger
@@ -40,12 +40,11 @@ BACKEND_PATH = "vllm_helix.attention.backend.HelixAttentionBackend"
 
 
 def _install_backend(vllm_config) -> None:
-    """Point this process's attention selection at the Helix backend."""
-    from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
-
-    mc, pc = vllm_config.model_config, vllm_config.parallel_config
+    """Point this process's attention selection at the Helix backend (`vllm_helix.compat.registry`)."""
+    from vllm_helix.compat.registry import register_attention_backend
     from vllm_helix.validation import attention_path_problem  # the pre-spawn check asks the same function
 
+    mc, pc = vllm_config.model_config, vllm_config.parallel_config
     problem = attention_path_problem(
         "cpu" if current_platform.is_cpu() else "cuda",
         bool(getattr(mc, "use_mla", False)),
@@ -57,36 +56,19 @@ def _install_backend(vllm_config) -> None:
         # MLA (DeepSeek V2/V3): vLLM's own MLA + DCP flow with a CPU impl that returns the LSE, any dims
         # (vllm_helix.attention.mla); replicated query projection over the KVP group instead of a q
         # all-gather.
-        register_backend(AttentionBackendEnum.CPU_MLA, "vllm_helix.attention.mla.HelixMLABackend")
+        register_attention_backend("CPU_MLA", "vllm_helix.attention.mla.HelixMLABackend")
         if pc.decode_context_parallel_size > 1 and not pc.dcp_q_replicate:
             pc.dcp_q_replicate = True
             logger.info("Helix MLA: dcp_q_replicate=True (q_b_proj replicated over the KVP group)")
         if mc.is_moe and pc.enable_expert_parallel:
-            from vllm_helix.moe import install_cpu_expert_parallel
+            from vllm_helix.compat.moe import install_cpu_expert_parallel
 
             # vLLM's CPU experts ignore expert_map (segfault); see vllm_helix.moe
             install_cpu_expert_parallel()
     elif current_platform.is_cpu():
-        register_backend(AttentionBackendEnum.CPU_ATTN, BACKEND_PATH)  # CPU ignores --attention-backend
+        register_attention_backend("CPU_ATTN", BACKEND_PATH)  # CPU ignores --attention-backend
     else:
-        register_backend(AttentionBackendEnum.CUSTOM, BACKEND_PATH)
-        vllm_config.attention_config.backend = AttentionBackendEnum.CUSTOM
-    from vllm.v1.attention import selector
-
-    cached = getattr(selector, "_cached_get_attn_backend", None)
-    if cached is not None and hasattr(cached, "cache_clear"):
-        cached.cache_clear()
-
-
-def _install_slot_mapping() -> None:
-    """vLLM's CPU slot-mapping fallback refuses context parallelism; replace it in this process."""
-    if not current_platform.is_cpu():
-        return
-    from vllm.triton_utils.dispatcher import register_kernels
-
-    from vllm_helix.slot_mapping import compute_slot_mapping
-
-    register_kernels({"vllm.v1.worker.block_table.ComputeSlotMappingKernel.kernel": compute_slot_mapping})
+        register_attention_backend("CUSTOM", BACKEND_PATH, vllm_config)
 
 
 def weight_bytes_by_module(model: torch.nn.Module, dtype_bytes: int) -> dict[str, int]:
@@ -135,100 +117,23 @@ def _shm_exchange(rt, vllm_config):
     return exchange
 
 
-class _SharedMemoryAllReduce:
-    """Stands in for `torch.distributed` as vLLM 0.32's `CpuCommunicator.dist_module` of the Helix worker's TP
-    group (that attribute is where vLLM plugs its own shared-memory ops, `_CPUSHMDistributed`, when its build
-    has them): a synchronous sum all-reduce of fp32/bf16 goes over Helix's shared memory
-    (`ShmGroup.all_reduce`), everything else — and any message that does not fit — to torch.distributed (gloo)
-    unchanged. Under torch.compile the call is the opaque op `vllm_helix::tp_all_reduce` (like vLLM's
-    `_C.shm_allreduce`), so the graph holds no Python."""
-
-    def __init__(self, shm, stats, group) -> None:
-        global _TP_ALL_REDUCE
-        self._shm, self._stats, self._group = shm, stats, group
-        _TP_ALL_REDUCE = self
-
-    def reduce(self, tensor) -> None:
-        """tensor ← Σ over the TP group, in place; shared memory when it fits, gloo otherwise."""
-        import torch.distributed as dist
-
-        started = time.perf_counter()
-        if self._shm.all_reduce(tensor):
-            stats = self._stats()
-            stats.all_reduce_seconds += time.perf_counter() - started  # includes waiting for the peers
-            stats.all_reduces += 1
-        else:
-            dist.all_reduce(tensor, group=self._group)
-
-    def all_reduce(self, tensor, op=None, group=None, async_op=False):
-        import torch.distributed as dist
-
-        # vLLM calls this only with its TP device group (`CpuCommunicator.all_reduce`): `group` is that group.
-        if (
-            (op is None or op == dist.ReduceOp.SUM)
-            and not async_op
-            and tensor.dtype in (torch.float32, torch.bfloat16)
-        ):
-            if torch.compiler.is_compiling():
-                torch.ops.vllm_helix.tp_all_reduce(tensor)
-            else:
-                self.reduce(tensor)
-            return None
-        return dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM, group=group, async_op=async_op)
-
-    def __getattr__(self, name: str):
-        import torch.distributed as dist
-
-        return getattr(dist, name)
-
-
-# this process's installed all-reduce (one TP group per worker)
-_TP_ALL_REDUCE: _SharedMemoryAllReduce | None = None
-
-
-@torch.library.custom_op("vllm_helix::tp_all_reduce", mutates_args=("tensor",))
-def _tp_all_reduce(tensor: torch.Tensor) -> None:
-    """tensor ← Σ over this worker's TP group, in place (`_SharedMemoryAllReduce.reduce`)."""
-    _TP_ALL_REDUCE.reduce(tensor)
-
-
-@_tp_all_reduce.register_fake
-def _(tensor: torch.Tensor) -> None:
-    return None
-
-
 def _shm_tp_all_reduce(rt, vllm_config) -> bool:
     """On CPU, where vLLM's TP group all-reduce falls back to gloo (its build lacks the shared-memory ops,
-    e.g. the AVX2 build), route it over Helix's shared memory instead: two all-reduces per layer sit on every
-    step's critical path. Returns whether it was installed."""
-    import torch.distributed as dist
-    from vllm.distributed import parallel_state as ps
+    e.g. the AVX2 build), route it over Helix's shared memory (`vllm_helix.compat.cpu_comm`): two all-reduces
+    per layer sit on every step's critical path. Returns whether it was installed."""
+    from vllm_helix.compat.cpu_comm import install_shm_tp_all_reduce
+    from vllm_helix.kernels.cpu_shm_collectives import DEFAULT_SLOT_BYTES
 
-    from vllm_helix.kernels.cpu_shm_collectives import DEFAULT_SLOT_BYTES, ShmGroup
-
-    tp = ps.get_tp_group()
-    communicator = tp.device_communicator
-    if tp.world_size == 1 or communicator is None or getattr(communicator, "dist_module", None) is not dist:
-        return False  # vLLM's own shared-memory ops (or another communicator) carry it: leave it alone
     mc = vllm_config.model_config
     tokens = vllm_config.scheduler_config.max_num_batched_tokens
     slot = max(DEFAULT_SLOT_BYTES, min(64 << 20, tokens * mc.get_hidden_size() * 4))
-    try:
-        shm = ShmGroup(tp.cpu_group, list(tp.ranks), tp.rank_in_group, slot_bytes=slot)
-    except (RuntimeError, OSError) as exc:
-        logger.warning(
-            "Helix: shared-memory TP all-reduce unavailable (%s); vLLM's gloo all-reduce stays", exc
-        )
-        return False
-    communicator.dist_module = _SharedMemoryAllReduce(
-        shm, lambda: get_runtime().stats, communicator.device_group
-    )
-    if rt.rank == 0:
+    installed = install_shm_tp_all_reduce(slot, lambda: get_runtime().stats, logger)
+    if installed and rt.rank == 0:
         logger.info(
             "Helix: TP all-reduce over shared memory (vLLM's CPU build has none here; %d MiB slots)",
             slot >> 20,
         )
-    return True
+    return installed
 
 
 def _decode_kernel(config: HelixConfig) -> str:
@@ -278,7 +183,10 @@ class Worker(_PlatformWorker):
         self.helix_attention = grid.kvp > 1 or bool(mc.use_mla)
         if self.helix_attention:
             _install_backend(vllm_config)
-            _install_slot_mapping()
+            if current_platform.is_cpu():  # vLLM's CPU slot-mapping fallback refuses context parallelism
+                from vllm_helix.compat.registry import install_slot_mapping
+
+                install_slot_mapping()
             from vllm_helix.model_surgery import register_helix_models
 
             register_helix_models(list(mc.architectures or []))

@@ -2,7 +2,7 @@
 // torch op `helix_cpu::combine_packed`: the Helix LSE combine read straight from the exchange's receive buffer.
 //
 // recv (KVP, T, hc, D + e) holds, for each token t and head h of this rank's chunk, the KVP peers' partials as rows
-// [O_i | LSE_i as fp32 bits in e = 4 / itemsize elements] (vllm_helix.exchange.pack_partials). Written into `out`
+// [O_i | LSE_i as fp32 bits in e = 4 / itemsize elements] (vllm_helix.attention.exchange.pack_partials). Written into `out`
 // (T, hc, D), any strides with a contiguous last dimension, in its dtype:
 //
 //     M = max_i LSE_i,   w_i = exp(LSE_i − M),   O = Σ_i w_i · O_i / Σ_i w_i     (fp32; O = 0 if every LSE_i = −inf)

@@ -157,7 +157,7 @@ std::tuple<at::Tensor, at::Tensor> decode_attention(
   return {out, lse};
 }
 
-// The same attention written straight into the Helix exchange's send layout (vllm_helix.exchange.pack_partials):
+// The same attention written straight into the Helix exchange's send layout (vllm_helix.attention.exchange.pack_partials):
 // → (chunks, S, H / chunks, DV + e) in the query's dtype; row = [O | LSE as fp32 bits in e = 4 / itemsize elements];
 // chunk j holds heads [j·H/chunks, (j+1)·H/chunks), the part KVP peer j combines.
 at::Tensor decode_attention_packed(const at::Tensor& query, const at::Tensor& key_cache,

@@ -167,7 +167,7 @@ def _cases(m: dict) -> list[tuple[str, dict, list[str], float]]:
 
 
 def _smollm2() -> str:
-    from vllm_helix.demo_model import ensure_demo_model
+    from vllm_helix.demo.model import ensure_demo_model
 
     return str(ensure_demo_model("float32", quiet=True))
 

@@ -37,7 +37,7 @@ BLOCK, KVP, TPA = 32, 3, 1
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from vllm_helix.demo_model import ensure_demo_model
+    from vllm_helix.demo.model import ensure_demo_model
 
     return str(ensure_demo_model("float32", quiet=True))
 

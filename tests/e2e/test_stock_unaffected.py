@@ -131,10 +131,10 @@ def test_status_route_is_attached_only_for_the_helix_worker():
     import vllm.entrypoints.launchers.app as app_module  # an API server process imports it before plugins run
     from fastapi import FastAPI
 
-    from vllm_helix import observability
+    from vllm_helix.compat import status_route
 
-    assert observability.install_status_route()
-    observability.install_status_route()  # idempotent: one wrapper
+    assert status_route.install_status_route()
+    status_route.install_status_route()  # idempotent: one wrapper
     wrapper = app_module.attach_endpoint_plugins
     assert wrapper.__helix_patched__ and not getattr(wrapper.__wrapped__, "__helix_patched__", False)
 

@@ -110,7 +110,7 @@ def test_tiny_models_beyond_vllm_dcp_limit(tiny_models, stock_tokens, model, tp,
 
 def test_smollm2_kvp3_tpa1(stock_tokens):
     """The embedded SmolLM2-135M (9 heads, 3 KV heads) at -tp 3 -dcp 3, the README's default demo grid."""
-    from vllm_helix.demo_model import ensure_demo_model
+    from vllm_helix.demo.model import ensure_demo_model
 
     model = str(ensure_demo_model("float32", quiet=True))
     prompts = [

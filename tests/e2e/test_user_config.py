@@ -53,7 +53,7 @@ def _assert_compiled(states: list[dict]) -> None:
 
 def test_make_serve_bf16_logprobs_close_to_stock():
     """`make serve` as shipped (serve-demo, no options), the README's question: logprobs-close to stock."""
-    from vllm_helix.demo_model import ensure_demo_model
+    from vllm_helix.demo.model import ensure_demo_model
 
     model = str(ensure_demo_model("bfloat16", quiet=True))
     stock_args = {

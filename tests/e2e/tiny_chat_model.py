@@ -25,7 +25,7 @@ def make_tiny_chat_llama(path: Path, seed: int = 7) -> Path:
     import torch
     import transformers
 
-    from vllm_helix.demo_model import ensure_demo_model
+    from vllm_helix.demo.model import ensure_demo_model
 
     demo = Path(ensure_demo_model("bfloat16", quiet=True))
     demo_cfg = json.loads((demo / "config.json").read_text())

@@ -24,7 +24,7 @@ if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 
-from vllm_helix.kernels import combine, mla_partial_attention, partial_attention  # noqa: E402
+from vllm_helix.kernels import triton_combine, triton_decode_attention, triton_mla_decode_attention  # noqa: E402
 
 _BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 
@@ -32,7 +32,7 @@ _BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin
 def _decode(dt: str, head_dim: int, group: int, page: int, block_n: int):
     pointers = {"Q": f"*{dt}", "K": f"*{dt}", "V": f"*{dt}"}
     block_h = max(16, triton.next_power_of_2(group))
-    return partial_attention._partial_decode_attention_kernel, pointers, {
+    return triton_decode_attention._partial_decode_attention_kernel, pointers, {
         "GROUP": group, "HEAD_BLOCKS": 1, "HEAD_DIM": head_dim, "V_DIM": head_dim, "PAGE_SIZE": page,
         "BLOCK_H": block_h, "BLOCK_N": block_n, "BLOCK_D": head_dim, "BLOCK_DV": head_dim,
         "DOT_PRECISION": "ieee" if dt == "fp32" else "tf32",
@@ -41,7 +41,7 @@ def _decode(dt: str, head_dim: int, group: int, page: int, block_n: int):
 
 def _mla(dt: str, lora_rank: int, rope_dim: int):
     pointers = {"QNope": f"*{dt}", "QPe": f"*{dt}", "KV": f"*{dt}"}
-    return mla_partial_attention._mla_partial_decode_attention_kernel, pointers, {
+    return triton_mla_decode_attention._mla_partial_decode_attention_kernel, pointers, {
         "HEADS": 16, "LORA_RANK": lora_rank, "ROPE_DIM": rope_dim, "PAGE_SIZE": 64, "BLOCK_H": 16,
         "BLOCK_N": 16, "BLOCK_C": lora_rank, "BLOCK_R": max(16, rope_dim),
         "DOT_PRECISION": "ieee" if dt == "fp32" else "tf32",
@@ -51,12 +51,12 @@ def _mla(dt: str, lora_rank: int, rope_dim: int):
 def _combine(dt: str, kvp: int, dim: int):
     block_kvp = triton.next_power_of_2(kvp)
     constexprs = {"DIM": dim, "BLOCK_KVP": block_kvp, "BLOCK_D": max(16, min(dim, 4096 // block_kvp))}
-    return combine._combine_kernel, {"PartialO": f"*{dt}", "O": f"*{dt}"}, constexprs, 4
+    return triton_combine._combine_kernel, {"PartialO": f"*{dt}", "O": f"*{dt}"}, constexprs, 4
 
 
 def _reduce(dt: str, splits: int, v_dim: int):
     constexprs = {"NUM_SPLITS": splits, "V_DIM": v_dim, "BLOCK_SPLITS": splits, "BLOCK_DV": v_dim}
-    return partial_attention._split_reduce_kernel, {"O": f"*{dt}"}, constexprs, 4
+    return triton_decode_attention._split_reduce_kernel, {"O": f"*{dt}"}, constexprs, 4
 
 
 # Launch configurations the launchers pick for typical shapes (the launchers' block choices, fixed here).

@@ -47,7 +47,13 @@ def _reimport_triton_interpreted() -> None:
         if (name == "triton" or name.startswith("triton.")) and not name.startswith("triton._C"):
             del sys.modules[name]
     package = sys.modules.get("vllm_helix.kernels")
-    for sub in ("_triton", "partial_attention", "combine", "mla_partial_attention", "dispatch"):
+    for sub in (
+        "_triton",
+        "triton_decode_attention",
+        "triton_combine",
+        "triton_mla_decode_attention",
+        "dispatch",
+    ):
         sys.modules.pop(f"vllm_helix.kernels.{sub}", None)
         if package is not None and sub in vars(package):
             delattr(package, sub)

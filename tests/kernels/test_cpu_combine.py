@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vllm_helix.exchange import combine_received, pack_partials
+from vllm_helix.attention.exchange import combine_received, pack_partials
 from vllm_helix.kernels import cpu_build, cpu_combine
 
 

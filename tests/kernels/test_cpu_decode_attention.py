@@ -15,6 +15,7 @@ import math
 import pytest
 import torch
 
+from vllm_helix.attention.torch_attention import decode_attention_reference
 from vllm_helix.kernels import cpu_build, cpu_decode_attention
 
 
@@ -131,7 +132,7 @@ def test_agrees_with_the_torch_path():
     lens = [400, 0, 129]
     case = make_case(len(lens), 12, 4, 64, 32, lens, torch.float32, seed=7)
     out, lse = cpu_decode_attention.partial_decode_attention(*case, 0.2)
-    ref_out, ref_lse = cpu_decode_attention.partial_decode_attention_reference(*case, 0.2)
+    ref_out, ref_lse = decode_attention_reference(*case, 0.2)
     torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=0)
     torch.testing.assert_close(lse, ref_lse, atol=1e-5, rtol=0)
 
@@ -176,7 +177,7 @@ def test_status_names_the_isa():
 def test_packed_output_is_the_exchange_layout(dtype, chunks):
     """The packed op writes exactly what `pack_partials` makes of the plain op's (O, LSE), including −inf
     rows."""
-    from vllm_helix.exchange import pack_partials
+    from vllm_helix.attention.exchange import pack_partials
 
     lens = [0, 45, 300, 7]
     case = make_case(len(lens), 12, 3, 64, 32, lens, dtype, seed=chunks)

@@ -118,6 +118,6 @@ def test_bandwidth_and_benchmark_rows_on_cpu(kernel_device):
 
 def test_the_compiled_run_selects_only_the_triton_kernel_tests():
     files = gpu_check.kernel_test_files()
-    assert "tests/kernels/test_triton_partial_attention.py" in files
+    assert "tests/kernels/test_triton_decode_attention.py" in files
     assert "tests/kernels/test_kernel_dispatch.py" in files
     assert all("cpu_" not in f and "gpu_check" not in f for f in files)  # native CPU-op tests, this file

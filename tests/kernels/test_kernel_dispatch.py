@@ -80,16 +80,16 @@ def _mla_inputs():
 @pytest.mark.parametrize("on_cuda", [True, False])
 def test_ops_call_triton_launchers_on_cuda(monkeypatch, on_cuda):
     pytest.importorskip("triton")
-    from vllm_helix.kernels import combine as combine_module
-    from vllm_helix.kernels import mla_partial_attention, partial_attention
+    from vllm_helix.attention.torch_attention import decode_attention_reference
+    from vllm_helix.kernels import triton_combine, triton_decode_attention, triton_mla_decode_attention
 
     monkeypatch.setattr(dispatch, "_is_cuda", lambda device: on_cuda)
     seen = {
         name: _spy(monkeypatch, module, name)
         for module, name in (
-            (partial_attention, "partial_decode_attention"),
-            (combine_module, "combine"),
-            (mla_partial_attention, "mla_partial_decode_attention"),
+            (triton_decode_attention, "partial_decode_attention"),
+            (triton_combine, "combine"),
+            (triton_mla_decode_attention, "mla_partial_decode_attention"),
         )
     }
     decode_args, mla_args = _decode_inputs(), _mla_inputs()
@@ -100,8 +100,8 @@ def test_ops_call_triton_launchers_on_cuda(monkeypatch, on_cuda):
 
     expected = 1 if on_cuda else 0
     assert {name: len(c) for name, c in seen.items()} == dict.fromkeys(seen, expected)
-    ref_out, ref_lse = partial_attention.partial_decode_attention_reference(*decode_args)
-    mla_ref_out, mla_ref_lse = mla_partial_attention.mla_partial_decode_attention_reference(*mla_args)
+    ref_out, ref_lse = decode_attention_reference(*decode_args)
+    mla_ref_out, mla_ref_lse = triton_mla_decode_attention.mla_partial_decode_attention_reference(*mla_args)
     torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=0)
     torch.testing.assert_close(lse, ref_lse, atol=1e-5, rtol=0)
     torch.testing.assert_close(combined, out, atol=1e-5, rtol=0)  # two identical shards: same output

@@ -8,7 +8,8 @@ import torch
 
 pytest.importorskip("triton")
 
-from vllm_helix.kernels.combine import combine, combine_reference  # noqa: E402
+from vllm_helix.attention.lse_combine import combine_partials as combine_reference  # noqa: E402
+from vllm_helix.kernels.triton_combine import combine  # noqa: E402
 
 
 def make_partials(kvp, tokens, heads, dim, dtype):

@@ -155,10 +155,11 @@ def test_mla_exchange_payload_and_v_up_placement():
 
 
 def test_exchange_bytes_are_what_the_runtime_packs():
-    # One truth: per token and query head the planner charges what vllm_helix.exchange.pack_partials sends,
-    # the partial output (MLA: the kv_lora_rank latent that HelixMLAImpl.forward_mqa returns) + one fp32 LSE.
+    # One truth: per token and query head the planner charges what
+    # vllm_helix.attention.exchange.pack_partials sends, the partial output (MLA: the kv_lora_rank latent
+    # that HelixMLAImpl.forward_mqa returns) + one fp32 LSE.
     torch = pytest.importorskip("torch")
-    from vllm_helix.exchange import pack_partials
+    from vllm_helix.attention.exchange import pack_partials
     from vllm_helix.planner.cost import LSE_BYTES, layer_detail
 
     for m, g in ((DSR1, helix(n=8, b=3, kvp=8, tpa=1)), (LLAMA, helix(n=16, b=3, kvp=2, tpa=8))):

@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from vllm_helix import patches
+from vllm_helix.compat import config_checks, cpu_comm
 from vllm_helix.config import MLA_ARCHITECTURES, SUPPORTED_ARCHITECTURES, HelixConfig
 from vllm_helix.grid import HelixConfigError
 from vllm_helix.validation import (
@@ -340,18 +340,18 @@ def _engine_args(**kw):
 
 
 def test_create_engine_config_wrapper_leaves_stock_vllm_alone(monkeypatch):
-    monkeypatch.setattr(patches, "_device", lambda: "cpu")
+    monkeypatch.setattr(config_checks, "_device", lambda: "cpu")
     original, calls = _recorder()
-    wrapped = patches._helix_create_engine_config(original)
+    wrapped = config_checks._helix_create_engine_config(original)
     stock = _engine_args()  # -tp 4 -dcp 3 would be refused for Helix; stock vLLM decides for itself
     assert wrapped(stock, "usage", headless=True) == "original-result"
     assert calls == [(stock, ("usage",), {"headless": True})]
 
 
 def test_create_engine_config_wrapper_refuses_before_the_original_runs(monkeypatch):
-    monkeypatch.setattr(patches, "_device", lambda: "cpu")
+    monkeypatch.setattr(config_checks, "_device", lambda: "cpu")
     original, calls = _recorder()
-    wrapped = patches._helix_create_engine_config(original)
+    wrapped = config_checks._helix_create_engine_config(original)
     helix = _engine_args(worker_cls="vllm_helix.Worker")
     helix.create_model_config = lambda: (_ for _ in ()).throw(OSError("no model here"))  # hint is best effort
     with pytest.raises(HelixConfigError, match="-tp 4 is not divisible by -dcp 3"):
@@ -363,7 +363,7 @@ def test_create_engine_config_wrapper_refuses_before_the_original_runs(monkeypat
 
 def test_verify_with_parallel_config_wrapper_leaves_stock_vllm_alone():
     original, calls = _recorder()
-    wrapped = patches._helix_verify_with_parallel_config(original)
+    wrapped = config_checks._helix_verify_with_parallel_config(original)
     pc = types.SimpleNamespace(
         worker_cls="vllm.v1.worker.cpu_worker.CPUWorker", decode_context_parallel_size=3
     )
@@ -375,15 +375,15 @@ def test_shm_unlink_only_in_a_helix_worker_and_only_the_group(tmp_path, monkeypa
     group = "vllm_dist_abc-tp:0-[0-1]-cpushm"
     for name in (f"{group}_0", f"{group}_1", "vllm_dist_other-tp:0-[0-1]-cpushm_0", f"{group}_x", "psm_123"):
         (tmp_path / name).write_bytes(b"x")
-    assert sorted(patches.unlink_shm_segments(group, str(tmp_path))) == [f"{group}_0", f"{group}_1"]
+    assert sorted(cpu_comm.unlink_shm_segments(group, str(tmp_path))) == [f"{group}_0", f"{group}_1"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["vllm_dist_other-tp:0-[0-1]-cpushm_0", f"{group}_x", "psm_123"]
     )
 
     unlinked = []
-    monkeypatch.setattr(patches, "unlink_shm_segments", lambda name: unlinked.append(name))
+    monkeypatch.setattr(cpu_comm, "unlink_shm_segments", lambda name: unlinked.append(name))
     original, calls = _recorder()
-    wrapped = patches._helix_init_cpu_shm(original)
+    wrapped = cpu_comm._helix_init_cpu_shm(original)
     comm = types.SimpleNamespace(group_name=group)
     from vllm_helix import runtime
 

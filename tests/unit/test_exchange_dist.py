@@ -19,8 +19,8 @@ position) of ragged lengths — shorter than one block, so that KVP ranks > 0 ho
 exactly one block per rank, and longer — with prefill chunks whose first queries see keys on rank 0 only.
 
 Paths, each against the reference:
-- torch partials (`paged_partial_attention`) → `start_exchange` + `finish_exchange` over gloo, synchronous and
-  `async_op=True` (as HOP-B launches it), and `exchange_and_combine`;
+- torch partials (`paged_partial_attention`) → packed → `exchange_and_combine` (the one exchange driver) over
+  gloo: one synchronous all-to-all, and two launched asynchronously (as HOP-B launches them);
 - HOP-B's `attend_and_exchange` with the torch kernels, slicing off (one exchange) and on (one asynchronous
   exchange per slice), which must also agree with each other exactly;
 - `attend_and_exchange` as the Helix worker runs it on CPU: the native decode kernel and combine
@@ -36,20 +36,20 @@ in creating its groups.
 
 from __future__ import annotations
 
+import itertools
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.distributed as dist
 
+from vllm_helix.attention.exchange import exchange_and_combine, pack_partials
+from vllm_helix.attention.step import attend_and_exchange
+from vllm_helix.attention.torch_attention import paged_partial_attention
 from vllm_helix.config import HelixConfig
-from vllm_helix.exchange import exchange_and_combine, finish_exchange, start_exchange
 from vllm_helix.grid import HelixGrid
-from vllm_helix.hop_b import attend_and_exchange
-from vllm_helix.partial_attention import paged_partial_attention
 from vllm_helix.runtime import HelixStats
-from vllm_helix.sharding import local_lengths, local_slot, owner_rank
-from vllm_helix.slot_mapping import compute_slot_mapping
+from vllm_helix.sharding import compute_slot_mapping, local_lengths, local_slot, owner_rank
 
 H, D, BLOCK = 24, 32, 16  # H divides every N below (2, 3, 4, 6, 8); D a multiple of 16 (native kernel)
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
@@ -151,7 +151,7 @@ def _metadata(batch: dict, share: dict) -> SimpleNamespace:
     """The fields of the Helix backend's metadata that HOP-B reads."""
     return SimpleNamespace(
         num_reqs=len(batch["seqs"]),
-        num_decode_tokens=batch["num_decode"],
+        num_decode_reqs=batch["num_decode"],
         query_start_loc=batch["query_start_loc"],
         block_table=share["block_table"],
         local_seq_lens=share["local_seq_lens"],
@@ -241,12 +241,15 @@ def _check_grid(rank: int, grid: HelixGrid, kvp_group, shm, seed: int) -> None:
         empty = torch.isneginf(lse)
         assert torch.all(out[empty] == 0), "an empty shard must give O = 0"
         empty_shards += int(empty.all(dim=1).sum())
-        for async_op in (False, True):
-            recv, work = start_exchange(out, lse, kvp_group, kvp, async_op=async_op)
-            assert (work is not None) == async_op
-            got = finish_exchange(recv, work, D, dtype)
-            _check(f"start/finish_exchange async={async_op}", got, ref, dtype)
-        _check("exchange_and_combine", exchange_and_combine(out, lse, kvp_group, kvp), ref, dtype)
+        tokens = out.shape[0]
+        for cuts in ([0, tokens], [0, tokens // 2, tokens]):  # one synchronous all-to-all, or two async ones
+            rt = SimpleNamespace(grid=grid, kvp_group=kvp_group, kvp_exchange=None, stats=HelixStats())
+            got = torch.empty(ref.shape, dtype=dtype)
+            pieces = list(itertools.pairwise(cuts))
+            sends = [pack_partials(out[a:b], lse[a:b], kvp) for a, b in pieces]
+            exchange_and_combine(sends, [got[a:b] for a, b in pieces], rt, "torch")
+            assert rt.stats.exchanges == len(pieces)
+            _check(f"exchange_and_combine, {len(pieces)} all-to-all(s)", got, ref, dtype)
 
         results = {}
         for sliced in (False, True):

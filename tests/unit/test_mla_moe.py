@@ -5,9 +5,9 @@ the expert-parallel top-k remapping."""
 import pytest
 import torch
 
-from vllm_helix.combine import combine_partials
-from vllm_helix.exchange import pack_partials, unpack_partials
-from vllm_helix.kernels.mla_partial_attention import mla_partial_decode_attention_reference
+from vllm_helix.attention.exchange import pack_partials, unpack_partials
+from vllm_helix.attention.lse_combine import combine_partials
+from vllm_helix.kernels.triton_mla_decode_attention import mla_partial_decode_attention_reference
 from vllm_helix.moe import remap_topk_to_local
 from vllm_helix.sharding import local_lengths, owner_rank
 

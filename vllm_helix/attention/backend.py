@@ -24,7 +24,7 @@ from vllm.v1.attention.backend import AttentionImpl, AttentionLayer, AttentionTy
 from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
 
 from vllm_helix.attention.metadata import HelixAttentionMetadata, HelixAttentionMetadataBuilder
-from vllm_helix.hop_b import attend_and_exchange
+from vllm_helix.attention.step import attend_and_exchange
 from vllm_helix.runtime import get_runtime
 
 

@@ -24,19 +24,15 @@ from vllm_helix.sharding import local_lengths_tensor
 class HelixAttentionMetadata:
     num_actual_tokens: int
     num_reqs: int
-    max_query_len: int
     query_start_loc: torch.Tensor  # (num_reqs + 1,) int64, cpu
-    seq_lens: torch.Tensor  # (num_reqs,) global lengths incl. this step's tokens
     local_seq_lens: torch.Tensor  # (num_reqs,) tokens this KVP rank holds
     query_positions: torch.Tensor  # (num_actual_tokens,) global position of each query token
     block_table: torch.Tensor  # (num_reqs, max_blocks) local block ids
-    slot_mapping: torch.Tensor  # (num_actual_tokens,) local slot or −1 where another rank owns the token
-    num_decode_tokens: int  # leading requests with query_len == 1 (decode)
-    causal: bool = True
+    num_decode_reqs: int  # leading requests with query_len == 1 (decode; one token each)
 
 
 def build_helix_metadata(
-    cm: CommonAttentionMetadata, kvp: int, kvp_rank: int, interleave: int, causal: bool = True
+    cm: CommonAttentionMetadata, kvp: int, kvp_rank: int, interleave: int
 ) -> HelixAttentionMetadata:
     """Derive the Helix view of one step from vLLM's common metadata (pure tensor math)."""
     num_reqs, num_tokens = cm.num_reqs, cm.num_actual_tokens
@@ -50,15 +46,11 @@ def build_helix_metadata(
     return HelixAttentionMetadata(
         num_actual_tokens=num_tokens,
         num_reqs=num_reqs,
-        max_query_len=cm.max_query_len,
         query_start_loc=qsl,
-        seq_lens=seq_lens,
         local_seq_lens=local_lengths_tensor(seq_lens, interleave, kvp, kvp_rank),
         query_positions=positions,
         block_table=cm.block_table_tensor[:num_reqs],
-        slot_mapping=cm.slot_mapping[:num_tokens],
-        num_decode_tokens=decode_reqs,
-        causal=causal,
+        num_decode_reqs=decode_reqs,
     )
 
 
@@ -74,5 +66,4 @@ class HelixAttentionMetadataBuilder(CPUAttentionMetadataBuilder):
             rt.grid.kvp,
             rt.kvp_rank,
             rt.interleave,
-            causal=bool(common_attn_metadata.causal),
         )

@@ -32,7 +32,6 @@ CUDA), for any C, R and block size.
 
 from __future__ import annotations
 
-import functools
 import time
 
 import torch
@@ -40,7 +39,8 @@ from vllm.model_executor.layers.attention.mla_attention import MLACommonMetadata
 from vllm.v1.attention.backend import AttentionLayer, MultipleOf
 from vllm.v1.attention.backends.mla.cpu_mla import CPUMLABackend, CPUMLAImpl
 
-from vllm_helix.exchange import finish_exchange, start_exchange
+from vllm_helix.attention.exchange import exchange_and_combine, pack_partials
+from vllm_helix.compat.mla import install_mla_combine
 from vllm_helix.kernels import dispatch
 from vllm_helix.runtime import get_runtime, has_runtime
 
@@ -95,28 +95,20 @@ class HelixMLABackend(CPUMLABackend):
         return HelixMLAMetadataBuilder
 
 
-def _helix_combine(
-    partial_out: torch.Tensor,
-    partial_lse: torch.Tensor,
-    *,
-    group,
-    kvp: int,
-    rt,
-    seq_lens: torch.Tensor | None = None,
-    query_start_loc: torch.Tensor | None = None,
-    **_unused,
-) -> torch.Tensor:
+def _helix_combine(partial_out: torch.Tensor, partial_lse: torch.Tensor, *, rt, **_unused) -> torch.Tensor:
     """vLLM's `MLADCPManager.combine` signature: partials (B, H_g, C) + LSE (B, H_g) → exact (B, H_g/KVP, C).
 
-    One all-to-all of packed (O, LSE) over the KVP group, then the exact LSE combine (`vllm_helix.exchange`).
-    Empty shards already carry LSE = −inf and O = 0, so `seq_lens` is not needed.
+    Packs (O, LSE) and hands them to the one exchange driver (`exchange.exchange_and_combine`). Empty shards
+    already carry LSE = −inf and O = 0, so vLLM's `seq_lens` is not needed. The time counts in
+    `attention_seconds` too, which (as for GQA) covers the whole attention step: partials, exchange, combine.
     """
     started = time.perf_counter()
-    recv, work = start_exchange(partial_out, partial_lse, group, kvp, local_exchange=rt.kvp_exchange)
-    combine = functools.partial(dispatch.combine_packed, force=rt.config.kernels)
-    out = finish_exchange(recv, work, partial_out.shape[-1], partial_out.dtype, combine)  # (B, H_g/KVP, C)
-    rt.stats.exchange_seconds += time.perf_counter() - started
-    rt.stats.exchanges += 1
+    kvp = rt.grid.kvp
+    batch, heads, dim = partial_out.shape
+    out = torch.empty(batch, heads // kvp, dim, dtype=partial_out.dtype, device=partial_out.device)
+    # the combine's kernel: chosen by `dispatch.combine_packed` from the `helix.kernels` knob
+    exchange_and_combine((pack_partials(partial_out, partial_lse, kvp),), (out,), rt, rt.config.kernels)
+    rt.stats.attention_seconds += time.perf_counter() - started
     return out
 
 
@@ -143,17 +135,6 @@ class HelixMLAImpl(CPUMLAImpl):
             get_current_vllm_config().parallel_config.cp_kv_cache_interleave_size
         )
         self._layer_key = f"mla@{id(self)}"
-
-    def _install_combine(self, layer: AttentionLayer) -> None:
-        """Route the layer's DCP combine (vLLM's Triton a2a / ag_rs, CUDA-only) to the Helix exchange."""
-        manager = getattr(layer, "dcp_manager", None)
-        if manager is None or getattr(manager, "helix_combine", False):
-            return
-        rt = get_runtime()
-        manager.combine = lambda out, lse, **kw: _helix_combine(
-            out, lse, group=manager.group.device_group, kvp=manager.group.world_size, rt=rt, **kw
-        )
-        manager.helix_combine = True
 
     def forward_mqa(
         self,
@@ -182,9 +163,10 @@ class HelixMLAImpl(CPUMLAImpl):
             force=force,
         )
         if has_runtime():
-            get_runtime().stats.attention_seconds += time.perf_counter() - started
-            if self.dcp_world_size > 1:
-                self._install_combine(layer)
+            rt = get_runtime()
+            rt.stats.attention_seconds += time.perf_counter() - started
+            if self.dcp_world_size > 1:  # vLLM's DCP combine is CUDA-only: route it to the Helix exchange
+                install_mla_combine(layer, _helix_combine, rt)
         if self.dcp_world_size <= 1:
             return out, None
         return out, lse

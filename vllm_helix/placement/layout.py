@@ -39,6 +39,8 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from vllm_helix.grid import rank_coords
+
 __all__ = [
     "DOMAIN_LABEL",
     "NODE_ID_LABEL",
@@ -101,7 +103,7 @@ class BundlePlan:
 
     def coords(self, rank: int) -> tuple[int, int]:
         """(tpa index, kvp index) of `rank`."""
-        return rank // self.kvp, rank % self.kvp
+        return rank_coords(rank, self.kvp)
 
     def node_counts(self) -> dict[str, int]:
         return dict(Counter(self.bundle_nodes))

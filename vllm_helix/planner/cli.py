@@ -67,7 +67,7 @@ def serve_command(model_id: str, e: Estimate, context: int, hardware: str) -> tu
     if model_id == "HuggingFaceTB/SmolLM2-135M-Instruct" and hardware == "cpu":
         model_id = "$(vllm-helix demo-model --quiet)"  # the embedded checkpoint: there is no hub here
     # The runtime slices as the estimate did: HOP-B only when the model picked c >= 2 slices, then exactly c
-    # (vllm_helix.hop_b.plan_slices; its own default is min(4, B) slices).
+    # (vllm_helix.attention.step.plan_slices; its own default is min(4, B) slices).
     helix = {"hop_b": g.hop_b and e.hop_b_slices > 1}
     if helix["hop_b"]:
         helix["hop_b_slices"] = e.hop_b_slices

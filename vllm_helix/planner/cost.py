@@ -13,12 +13,12 @@ One decode step of a batch of B requests, each with S cached tokens, on N device
 
 Attention core bytes = b·(S/KVP)·kv_elems(k)·kv_bytes with k = ⌈K/TPA⌉ KV heads on the device (paper App. A:
 B·2·⌈K/TPA⌉·Hsz·S/KVP·bytes). FLOPs are 2 per weight per token and ``attn_flops_per_pos`` per query head per
-cached position. The KVP combine exchanges what this runtime's ``vllm_helix.exchange.pack_partials`` packs:
-per token and local query head the partial output (Hsz; MLA kv_lora_rank, the latent, or v_head_dim with
-``mla_a2a_latent=False``) at ``comm_bytes`` each plus one fp32 LSE (``LSE_BYTES``). HOP-B (``hop_b_plan``)
-splits the batch into c slices (best c ≤ B) and pipelines attention with the exchange:
+cached position. The KVP combine exchanges what this runtime's ``vllm_helix.attention.exchange.pack_partials``
+packs: per token and local query head the partial output (Hsz; MLA kv_lora_rank, the latent, or v_head_dim
+with ``mla_a2a_latent=False``) at ``comm_bytes`` each plus one fp32 LSE (``LSE_BYTES``). HOP-B
+(``hop_b_plan``) splits the batch into c slices (best c ≤ B) and pipelines attention with the exchange:
 ``core/c + a2a(B/c) + (c-1)·max(core/c, a2a(B/c))`` (Σ compute + last exchange when the exchange is shorter).
-HOP-B off is ``core + a2a(B)``: one all-to-all for the batch, as ``vllm_helix.hop_b`` issues it;
+HOP-B off is ``core + a2a(B)``: one all-to-all for the batch, as ``vllm_helix.attention.step`` issues it;
 ``Hardware.a2a_lockstep`` instead charges one exchange per request, ``core + B·a2a(1)`` (the paper's Fig. 3
 read literally). ``layer_detail`` returns every term of one layer with its bytes.
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
+from vllm_helix.grid import divisors
 from vllm_helix.planner.cost import Estimate, Grid, Precision, estimate
 from vllm_helix.planner.hardware import Hardware
 from vllm_helix.planner.models import ModelSpec
@@ -37,19 +38,15 @@ def gpu_counts(limit: int) -> list[int]:
     return [1 << i for i in range(limit.bit_length()) if 1 << i <= limit]
 
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
 def _eps(m: ModelSpec, width: int) -> list[int]:
-    return [e for e in _divisors(width) if e <= m.n_experts] if m.is_moe else [1]
+    return [e for e in divisors(width) if e <= m.n_experts] if m.is_moe else [1]
 
 
 def layouts(m: ModelSpec, strategy: str, n: int) -> Iterator[dict]:
     """Yield the grid keyword sets (without batch) of ``strategy`` on ``n`` devices; invalid ones are skipped
     later by ``check_grid``."""
     if strategy == "helix":
-        for tpa in _divisors(m.kv_heads):
+        for tpa in divisors(m.kv_heads):
             if n % tpa == 0:
                 for ep in _eps(m, n):
                     for hop in (True, False):
@@ -58,11 +55,11 @@ def layouts(m: ModelSpec, strategy: str, n: int) -> Iterator[dict]:
         for ep in _eps(m, n):
             yield dict(tpa=n, ep=ep)
     elif strategy == "tp_pp":
-        for pp in _divisors(n)[1:]:
+        for pp in divisors(n)[1:]:
             for ep in _eps(m, n // pp):
                 yield dict(tpa=n // pp, pp=pp, ep=ep)
     elif strategy == "medha":
-        for kvp in _divisors(n)[1:]:
+        for kvp in divisors(n)[1:]:
             yield dict(kvp=kvp, tpa=n // kvp)
     elif strategy == "ep":
         yield dict(ep=n)

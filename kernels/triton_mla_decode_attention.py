@@ -9,7 +9,7 @@ entry j is [c_j (kv_lora_rank) | k_pe_j (rope_dim)], the value is c_j itself. Fo
     O     = Σ_j exp(s_j − LSE) · c_j           (latent space, (kv_lora_rank,); 0 for an empty shard)
 
 The caller applies W_UV afterwards (after the Helix combine, which is linear in O). Grid (sequence,
-head block, split); the split partials are merged by the reduction kernel of `partial_attention.py`.
+head block, split); the split partials are merged by the reduction kernel of `triton_decode_attention.py`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from vllm_helix.kernels._triton import check_launch_device, tl, triton
-from vllm_helix.kernels.partial_attention import (
+from vllm_helix.kernels.triton_decode_attention import (
     _check_common,
     _check_splits,
     default_num_splits,

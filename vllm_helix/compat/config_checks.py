@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The only patches of vLLM 0.32 that Helix needs — each a no-op unless `--worker-cls vllm_helix.Worker` is
-used.
+"""Pre-spawn checks: three guarded wrappers of vLLM 0.32 config code, each a no-op unless
+`--worker-cls vllm_helix.Worker` is used.
 
 Applied by the `vllm.general_plugins` entry point (`vllm_helix.plugin.register`) in every vLLM process (vLLM
 loads general plugins in `EngineArgs.__post_init__`, before any config is built), so they act in the API /
@@ -16,21 +16,18 @@ the wrappers only copy vLLM's values into a `HelixSetup`:
 3. `vllm.config.model.ModelConfig.verify_with_parallel_config` — vLLM's DCP only allows `-dcp` ≤ TP / KV heads
    (its query all-gather design needs TPA ≥ K). Helix computes Q, K, V per TPA shard itself, so for the Helix
    worker the original runs with DCP hidden (every other check still runs) after Helix's grid check.
-4. `vllm.distributed.device_communicators.cpu_communicator._CPUSHMDistributed._init_cpu_shm` (CPU only, and
-   only in a Helix worker process): vLLM's CPU shared-memory all-reduce leaves its
-   `/dev/shm/<ident>-tp:0-[...]-cpushm_<r>`
-   segments behind on every exit (graceful or a killed rank). Once every rank has joined (the original ends
-   with a barrier) the names are no longer needed — the mappings stay valid — so Helix unlinks them right away
-   and nothing is left in /dev/shm whatever way the server ends.
+
+`apply()` also installs `vllm_helix.compat.cpu_comm.install_shm_unlink` (the one other hook the general plugin
+installs in every process; it acts only where a Helix runtime is set).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import os
 
+from vllm_helix.compat import wrap_once
 from vllm_helix.config import is_helix_worker
 from vllm_helix.validation import HelixSetup, setup_problems, validate_setup
 
@@ -122,7 +119,6 @@ def _helix_create_engine_config(original):
                 validate_setup(_with_model_heads(self, setup))  # the message then lists grids for this model
         return original(self, *args, **kwargs)
 
-    create_engine_config.__helix_patched__ = True
     return create_engine_config
 
 
@@ -142,7 +138,6 @@ def _helix_vllm_config_post_init(original):
             validate_setup(setup_from_vllm_config(self, final_block_size=True))
         return result
 
-    __post_init__.__helix_patched__ = True
     return __post_init__
 
 
@@ -171,34 +166,7 @@ def _helix_verify_with_parallel_config(original):
         finally:
             object.__setattr__(parallel_config, "decode_context_parallel_size", dcp)
 
-    verify_with_parallel_config.__helix_patched__ = True
     return verify_with_parallel_config
-
-
-def _helix_init_cpu_shm(original):
-    @functools.wraps(original)
-    def _init_cpu_shm(self, *args, **kwargs):
-        handle = original(self, *args, **kwargs)  # every rank of the group has joined every segment by now
-        from vllm_helix.runtime import has_runtime
-
-        if has_runtime():
-            unlink_shm_segments(self.group_name)
-        return handle
-
-    _init_cpu_shm.__helix_patched__ = True
-    return _init_cpu_shm
-
-
-def unlink_shm_segments(group_name: str, shm_dir: str = "/dev/shm") -> list[str]:
-    """Remove the names `<group_name>_<rank>` of a joined CPU shm group (the memory lives on while mapped)."""
-    removed = []
-    with contextlib.suppress(OSError):
-        for name in os.listdir(shm_dir):
-            if name.startswith(group_name + "_") and name[len(group_name) + 1 :].isdigit():
-                with contextlib.suppress(FileNotFoundError):  # a peer rank may have removed it first
-                    os.unlink(os.path.join(shm_dir, name))
-                    removed.append(name)
-    return removed
 
 
 def apply() -> None:
@@ -210,20 +178,10 @@ def apply() -> None:
     from vllm.config.vllm import VllmConfig
     from vllm.engine.arg_utils import EngineArgs
 
-    if not getattr(ModelConfig.verify_with_parallel_config, "__helix_patched__", False):
-        ModelConfig.verify_with_parallel_config = _helix_verify_with_parallel_config(
-            ModelConfig.verify_with_parallel_config
-        )
-    if not getattr(VllmConfig.__post_init__, "__helix_patched__", False):
-        VllmConfig.__post_init__ = _helix_vllm_config_post_init(VllmConfig.__post_init__)
-    if not getattr(EngineArgs.create_engine_config, "__helix_patched__", False):
-        EngineArgs.create_engine_config = _helix_create_engine_config(EngineArgs.create_engine_config)
-    try:
-        from vllm.distributed.device_communicators.cpu_communicator import _CPUSHMDistributed
-    except ImportError:  # another vLLM layout: nothing to tidy
-        _CPUSHMDistributed = None
-    if _CPUSHMDistributed is not None and not getattr(
-        _CPUSHMDistributed._init_cpu_shm, "__helix_patched__", False
-    ):
-        _CPUSHMDistributed._init_cpu_shm = _helix_init_cpu_shm(_CPUSHMDistributed._init_cpu_shm)
+    from vllm_helix.compat.cpu_comm import install_shm_unlink
+
+    wrap_once(ModelConfig, "verify_with_parallel_config", _helix_verify_with_parallel_config)
+    wrap_once(VllmConfig, "__post_init__", _helix_vllm_config_post_init)
+    wrap_once(EngineArgs, "create_engine_config", _helix_create_engine_config)
+    install_shm_unlink()
     _APPLIED = True

@@ -5,9 +5,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vllm_helix.combine import combine_partials
-from vllm_helix.exchange import pack_partials, unpack_partials
-from vllm_helix.partial_attention import paged_partial_attention
+from vllm_helix.attention.exchange import pack_partials, unpack_partials
+from vllm_helix.attention.lse_combine import combine_partials
+from vllm_helix.attention.torch_attention import paged_partial_attention
 
 
 def _attend(q, k, v, scale):  # q (T,H,D), k/v (S,H,D) → out, lse

@@ -6,10 +6,10 @@ from types import SimpleNamespace
 
 import torch
 
+from vllm_helix.attention.step import attend_and_exchange, plan_slices
+from vllm_helix.attention.torch_attention import paged_partial_attention
 from vllm_helix.config import HelixConfig
 from vllm_helix.grid import HelixGrid
-from vllm_helix.hop_b import attend_and_exchange, plan_slices
-from vllm_helix.partial_attention import paged_partial_attention
 from vllm_helix.runtime import HelixStats
 
 
@@ -37,7 +37,7 @@ def _decode_case(num_seqs=3, heads=4, kv_heads=2, dim=16, block=16):
     lens = torch.tensor([5, 17, 40])
     md = SimpleNamespace(
         num_reqs=num_seqs,
-        num_decode_tokens=num_seqs,
+        num_decode_reqs=num_seqs,
         query_start_loc=torch.arange(num_seqs + 1),
         block_table=torch.arange(12, dtype=torch.int32).view(3, 4),
         local_seq_lens=lens,
@@ -63,9 +63,10 @@ def test_cpu_path_is_the_torch_reference():
 
 
 def test_cuda_path_calls_the_triton_launchers(monkeypatch):
-    from vllm_helix.kernels import combine as combine_kernel
+    from vllm_helix.attention.lse_combine import combine_partials
     from vllm_helix.kernels import dispatch
-    from vllm_helix.kernels import partial_attention as attention_kernel
+    from vllm_helix.kernels import triton_combine as combine_kernel
+    from vllm_helix.kernels import triton_decode_attention as attention_kernel
 
     calls = []
 
@@ -75,7 +76,7 @@ def test_cuda_path_calls_the_triton_launchers(monkeypatch):
 
     def fake_combine(o, lse, out_dtype=None):
         calls.append("combine")
-        return combine_kernel.combine_reference(o, lse, out_dtype)
+        return combine_partials(o, lse, out_dtype)
 
     monkeypatch.setattr(dispatch, "_is_cuda", lambda device: True)
     monkeypatch.setattr(dispatch, "triton_available", lambda: True)

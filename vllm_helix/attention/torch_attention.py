@@ -8,7 +8,7 @@ For a query q (one head) and the keys/values k_j, v_j a rank holds for its seque
     O_i   = Σ_j exp(s_j − LSE_i) · v_j         (the locally normalised output)
 
 A rank that holds no (visible) key for q returns LSE_i = −inf and O_i = 0 — never NaN — so that the combine
-(`vllm_helix.combine.combine_partials`) gives it weight exp(−inf − LSE) = 0.
+(`vllm_helix.attention.lse_combine.combine_partials`) gives it weight exp(−inf − LSE) = 0.
 
 Paged layout (the Helix backend's KV cache): `key_cache`/`value_cache` are (num_blocks, block_size, kv_heads,
 dim); a sequence's local block ``b`` (0, 1, 2, …) is ``block_table[seq, b]``. With KV-parallel size KVP and
@@ -24,26 +24,14 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["paged_partial_attention", "gather_local_kv", "local_key_positions"]
+from vllm_helix.sharding import global_position, local_key_positions
+
+__all__ = ["paged_partial_attention", "decode_attention_reference", "gather_local_kv"]
 
 _sdpa = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 
 # Runs of consecutive blocks shorter than this on average are gathered instead of attended run by run.
 _MIN_AVG_RUN = 4
-
-
-def local_key_positions(
-    num_local_tokens: int, unit: int, kvp_rank: int, kvp_size: int, device: torch.device | None = None
-) -> torch.Tensor:
-    """Global positions of a rank's first `num_local_tokens` local KV slots: (u·KVP + k)·unit + offset, where
-    `unit` is the round-robin unit (the block size for Helix's block-granular placement)."""
-    local = torch.arange(num_local_tokens, device=device)
-    block, offset = local // unit, local % unit
-    return (block * kvp_size + kvp_rank) * unit + offset  # (num_local_tokens,)
-
-
-def _global_pos(local_index: int, unit: int, kvp_rank: int, kvp_size: int) -> int:
-    return ((local_index // unit) * kvp_size + kvp_rank) * unit + local_index % unit
 
 
 def gather_local_kv(cache: torch.Tensor, block_row: torch.Tensor, num_tokens: int) -> torch.Tensor:
@@ -244,14 +232,18 @@ def paged_partial_attention(
             nb = (n_kv + block_size - 1) // block_size
             ids = block_table[seq, :nb].tolist()
             # local blocks [0, vis) are visible to every query of this sequence; the rest need the causal mask
-            if qpos_all is None or min(qpos_all[q0:q1]) >= _global_pos(n_kv - 1, unit, kvp_rank, kvp_size):
+            if qpos_all is None or min(qpos_all[q0:q1]) >= global_position(
+                n_kv - 1, unit, kvp_rank, kvp_size
+            ):
                 vis_tokens = n_kv
             else:
                 qmin = min(qpos_all[q0:q1])
                 vis = 0
                 while (
                     vis < nb
-                    and _global_pos(min(vis * block_size + block_size, n_kv) - 1, unit, kvp_rank, kvp_size)
+                    and global_position(
+                        min(vis * block_size + block_size, n_kv) - 1, unit, kvp_rank, kvp_size
+                    )
                     <= qmin
                 ):
                     vis += 1
@@ -296,3 +288,20 @@ def paged_partial_attention(
         out[q0:q1] = o.view(kv_heads, nq, group, v_dim).permute(1, 0, 2, 3).reshape(nq, heads, v_dim)
         lse[q0:q1] = seq_lse.view(kv_heads, nq, group).permute(1, 0, 2).reshape(nq, heads)
     return out.to(query.dtype), lse
+
+
+def decode_attention_reference(
+    query: torch.Tensor,  # (num_seqs, heads, head_dim), one decode token per sequence
+    key_cache: torch.Tensor,  # (num_blocks, block_size, kv_heads, head_dim)
+    value_cache: torch.Tensor,  # (num_blocks, block_size, kv_heads, v_dim)
+    block_table: torch.Tensor,  # (num_seqs, max_blocks)
+    local_seq_lens: torch.Tensor,  # (num_seqs,)
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The torch decode attention: `paged_partial_attention` with one query per sequence and every local key
+    visible → O (num_seqs, heads, v_dim), LSE (num_seqs, heads). The CPU fallback of `kernels.dispatch` and
+    the one reference the native and Triton decode kernels are tested against."""
+    query_start_loc = torch.arange(query.shape[0] + 1, device=query.device)
+    return paged_partial_attention(
+        query, key_cache, value_cache, block_table, local_seq_lens, query_start_loc, scale
+    )

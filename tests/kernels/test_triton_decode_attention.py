@@ -8,10 +8,10 @@ import torch
 
 pytest.importorskip("triton")
 
-from vllm_helix.kernels.partial_attention import (  # noqa: E402
-    partial_decode_attention,
-    partial_decode_attention_reference,
+from vllm_helix.attention.torch_attention import (  # noqa: E402
+    decode_attention_reference as partial_decode_attention_reference,
 )
+from vllm_helix.kernels.triton_decode_attention import partial_decode_attention  # noqa: E402
 
 
 def make_paged_kv(lens, block_size, kv_heads, head_dim, v_dim, dtype):

@@ -1,6 +1,15 @@
 # SPDX-License-Identifier: Apache-2.0
-"""HOP-B: overlap the Helix all-to-all of one batch slice with the attention of the next.
+"""The Helix attention step of one layer: partial attention over the local KV shard, exchange, exact combine.
 
+    (O_i, LSE_i) = partial attention of the H/TPA query heads over this rank's shard  (`_partial_packed`)
+    O = Σ_i exp(LSE_i − LSE) · O_i,  LSE = log Σ_i exp(LSE_i)  over the KVP peers  (`exchange_and_combine`)
+    → (tokens, H/N, D), the input slice of the TP = N out-projection
+
+The implementation (native C++ / Triton / torch) is chosen once per step (`kernels.dispatch.select_impl`).
+Decode requests (they come first, one token each) run the decode kernel, written straight into the
+exchange's send layout; prefill chunks run the torch path (`torch_attention.paged_partial_attention`).
+
+HOP-B, an option of this step, overlaps the all-to-all of one batch slice with the attention of the next.
 Without overlap a step costs Σ_s attention_s + Σ_s exchange_s. With the batch cut into slices s = 1..S, the
 exchange of slice s is launched asynchronously (`async_op=True` on gloo; NCCL on its own stream on CUDA) and
 runs while slice s+1 computes, so the step costs ≈ Σ_s attention_s + exchange_S when every exchange is shorter
@@ -8,21 +17,18 @@ than the next slice's attention. Results are identical: slicing only changes whi
 
 Slices are contiguous runs of *requests*; decode requests are split into `num_slices` groups and any prefill
 requests travel as one further slice (they are few and long). Auto mode slices only when KVP > 1 and the batch
-holds enough decode requests: 2 on CUDA, 32 on CPU (see AUTO_MIN_DECODE_REQS).
-"""
+holds enough decode requests: 2 on CUDA, 32 on CPU (see AUTO_MIN_DECODE_REQS)."""
 
 from __future__ import annotations
 
-import functools
 import itertools
-import time
 
 import torch
 
+from vllm_helix.attention.exchange import exchange_and_combine, pack_partials
+from vllm_helix.attention.torch_attention import paged_partial_attention
 from vllm_helix.config import HelixConfig
-from vllm_helix.exchange import finish_exchange, pack_partials, send_packed
 from vllm_helix.kernels import dispatch
-from vllm_helix.partial_attention import paged_partial_attention
 
 AUTO_MAX_SLICES = 4
 # "auto" on CPU/gloo slices only batches of ≥ 32 decode requests: below that each extra all-to-all is pure
@@ -49,13 +55,13 @@ def plan_slices(
     return ranges or [(0, num_reqs)]
 
 
-def _partial(query, key_cache, value_cache, md, r0: int, r1: int, scale: float, rt):
+def _partial(query, key_cache, value_cache, md, r0: int, r1: int, scale: float, rt, impl: str):
     """Partial attention for requests r0..r1 → (tokens, H/TPA, D), (tokens, H/TPA): the decode requests among
     them (they come first, one token each) through the selected decode kernel — native C++ on CPU, Triton on
-    CUDA — and prefill chunks through the torch path."""
+    CUDA — and prefill chunks through the torch path. `impl` is `dispatch.select_impl`'s choice, made once per
+    step by `attend_and_exchange`."""
     qsl = md.query_start_loc
-    impl = dispatch.select_impl(query.device, rt.config.kernels)
-    d1 = min(r1, md.num_decode_tokens) if impl != "torch" else r0  # requests r0..d1 decode
+    d1 = min(r1, md.num_decode_reqs) if impl != "torch" else r0  # requests r0..d1 decode
     parts = []
     if d1 > r0:  # decode tokens r0..d1 (token index = request index for the leading decode requests)
         parts.append(
@@ -95,7 +101,7 @@ def _partial_packed(query, key_cache, value_cache, md, r0: int, r1: int, scale: 
     """Partials of requests r0..r1 in the exchange's send layout (KVP, tokens, H/N, D + e): a decode-only
     slice is written there directly by the decode kernel, anything else is computed by `_partial` and
     packed."""
-    if impl != "torch" and r1 <= md.num_decode_tokens:
+    if impl != "torch" and r1 <= md.num_decode_reqs:
         whole = r0 == 0 and r1 == md.num_reqs
         table = md.block_table if whole else md.block_table[r0:r1]
         lens = md.local_seq_lens if whole else md.local_seq_lens[r0:r1]
@@ -109,7 +115,8 @@ def _partial_packed(query, key_cache, value_cache, md, r0: int, r1: int, scale: 
             rt.grid.kvp,
             force=impl,
         )
-    out, lse = _partial(query, key_cache, value_cache, md, r0, r1, scale, rt)  # (t, H/TPA, D), (t, H/TPA)
+    # (t, H/TPA, D), (t, H/TPA)
+    out, lse = _partial(query, key_cache, value_cache, md, r0, r1, scale, rt, impl)
     return pack_partials(out, lse, rt.grid.kvp)
 
 
@@ -124,34 +131,21 @@ def attend_and_exchange(
 ) -> torch.Tensor:
     """query (tokens, H/TPA, D), caches (blocks, block_size, kv_heads, D) → exact (tokens, H/N, D), written
     into `out` (allocated if None) and returned. The implementation is chosen once per call
-    (`dispatch.select_impl`)."""
+    (`dispatch.select_impl`); the exchange and combine are `exchange.exchange_and_combine`."""
     kvp = rt.grid.kvp
     impl = dispatch.select_impl(query.device, rt.config.kernels)
     slices = plan_slices(
-        md.num_reqs, md.num_decode_tokens, kvp, rt.config, AUTO_MIN_DECODE_REQS.get(query.device.type, 2)
+        md.num_reqs, md.num_decode_reqs, kvp, rt.config, AUTO_MIN_DECODE_REQS.get(query.device.type, 2)
     )
-    pending, exchange_seconds = [], 0.0
-    for r0, r1 in slices:
-        send = _partial_packed(query, key_cache, value_cache, md, r0, r1, scale, rt, impl)
-        launched = time.perf_counter()
-        pending.append(
-            send_packed(send, rt.kvp_group, kvp, async_op=len(slices) > 1, local_exchange=rt.kvp_exchange)
-        )
-        exchange_seconds += time.perf_counter() - launched
-    waited = time.perf_counter()
     if out is None:
         out = torch.empty(
             query.shape[0], query.shape[1] // kvp, query.shape[2], dtype=query.dtype, device=query.device
         )
-    combine = functools.partial(dispatch.combine_packed, force=impl)
     if len(slices) == 1:
-        finish_exchange(*pending[0], query.shape[-1], query.dtype, combine, out=out)
-    else:
-        bounds = md.query_start_loc.tolist()
-        for (r0, r1), (recv, work) in zip(slices, pending, strict=True):
-            finish_exchange(
-                recv, work, query.shape[-1], query.dtype, combine, out=out[bounds[r0] : bounds[r1]]
-            )
-    rt.stats.exchange_seconds += exchange_seconds + time.perf_counter() - waited  # exposed exchange time
-    rt.stats.exchanges += len(slices)
+        send = _partial_packed(query, key_cache, value_cache, md, 0, md.num_reqs, scale, rt, impl)
+        exchange_and_combine((send,), (out,), rt, impl)
+        return out
+    bounds = md.query_start_loc.tolist()
+    sends = (_partial_packed(query, key_cache, value_cache, md, r0, r1, scale, rt, impl) for r0, r1 in slices)
+    exchange_and_combine(sends, [out[bounds[r0] : bounds[r1]] for r0, r1 in slices], rt, impl)
     return out

@@ -8,7 +8,7 @@ path)."""
 import pytest
 import torch
 
-from vllm_helix.partial_attention import local_key_positions, paged_partial_attention
+from vllm_helix.attention.torch_attention import local_key_positions, paged_partial_attention
 
 BS, DIM = 8, 16
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vllm_helix.kernels.mla_partial_attention import mla_partial_decode_attention_reference
-from vllm_helix.partial_attention import paged_partial_attention
+from vllm_helix.attention.torch_attention import paged_partial_attention
+from vllm_helix.kernels.triton_mla_decode_attention import mla_partial_decode_attention_reference
 
 
 def make_latent_cache(lens, block_size, lora_rank, rope_dim, dtype):
@@ -66,7 +66,7 @@ def test_kernel_matches_reference(
     lora_rank, rope_dim, dtype, block_size, heads, lens, num_splits, assert_close
 ):
     pytest.importorskip("triton")
-    from vllm_helix.kernels.mla_partial_attention import mla_partial_decode_attention
+    from vllm_helix.kernels.triton_mla_decode_attention import mla_partial_decode_attention
 
     kv, table, seq_lens = make_latent_cache(lens, block_size, lora_rank, rope_dim, dtype)
     q_nope, q_pe = make_queries(len(lens), heads, lora_rank, rope_dim, dtype)
@@ -84,7 +84,7 @@ def test_kernel_matches_reference(
 def test_kernel_vllm_cache_layout_and_checks(assert_close):
     """vLLM's MLA cache layout (NB, BS, 1, C+R) is accepted; mismatched dims are rejected."""
     pytest.importorskip("triton")
-    from vllm_helix.kernels.mla_partial_attention import mla_partial_decode_attention
+    from vllm_helix.kernels.triton_mla_decode_attention import mla_partial_decode_attention
 
     kv, table, seq_lens = make_latent_cache([12, 3], 16, 32, 16, torch.float32)
     q_nope, q_pe = make_queries(2, 2, 32, 16, torch.float32)

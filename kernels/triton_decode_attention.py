@@ -20,9 +20,8 @@ import functools
 import torch
 
 from vllm_helix.kernels._triton import check_launch_device, tl, triton
-from vllm_helix.partial_attention import paged_partial_attention
 
-__all__ = ["partial_decode_attention", "partial_decode_attention_reference"]
+__all__ = ["partial_decode_attention"]
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _INT_DTYPES = (torch.int32, torch.int64)
@@ -254,7 +253,8 @@ def partial_decode_attention(
     Computes, for sequence s and query head h (KV head g = h // (heads / kv_heads)), over the local keys
     j < local_seq_lens[s] at cache[block_table[s, j // block_size], j % block_size, g]:
     `LSE[s,h] = log Σ_j exp(scale·q[s,h]·k_j)` and `O[s,h] = Σ_j exp(scale·q[s,h]·k_j − LSE[s,h]) · v_j`;
-    an empty shard gives LSE = −inf and O = 0. Same result as `partial_decode_attention_reference`.
+    an empty shard gives LSE = −inf and O = 0. Same result as
+    `vllm_helix.attention.torch_attention.decode_attention_reference`.
 
     Args:
         query: (num_seqs, heads, head_dim) fp32/bf16/fp16, last dim contiguous.
@@ -333,19 +333,3 @@ def partial_decode_attention(
     )  # fmt: skip
     reduce_splits(mid_o, mid_lse, out, lse)
     return out, lse
-
-
-def partial_decode_attention_reference(
-    query: torch.Tensor,
-    key_cache: torch.Tensor,
-    value_cache: torch.Tensor,
-    block_table: torch.Tensor,
-    local_seq_lens: torch.Tensor,
-    scale: float,
-    num_splits: int | None = None,  # accepted for signature parity; the reference does not split
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Torch reference of `partial_decode_attention`: `paged_partial_attention`, one query per sequence."""
-    query_start_loc = torch.arange(query.shape[0] + 1, device=query.device)
-    return paged_partial_attention(
-        query, key_cache, value_cache, block_table, local_seq_lens, query_start_loc, scale
-    )

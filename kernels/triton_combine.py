@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from vllm_helix.combine import combine_partials
 from vllm_helix.kernels._triton import check_launch_device, tl, triton
 
-__all__ = ["combine", "combine_reference", "MAX_KVP"]
+__all__ = ["combine", "MAX_KVP"]
 
 MAX_KVP = 256
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -82,7 +81,7 @@ def combine(
     Computes `LSE[t,h] = log Σ_i exp(partial_lse[i,t,h])` and
     `O[t,h,:] = Σ_i exp(partial_lse[i,t,h] − LSE[t,h]) · partial_out[i,t,h,:]` in fp32. Shards with
     LSE = −inf get weight 0; if all shards are empty, O = 0 and LSE = −inf. Same result as
-    `combine_reference`.
+    `vllm_helix.attention.lse_combine.combine_partials`.
 
     Args:
         partial_out: (kvp, tokens, heads, dim) fp32/bf16/fp16, last dim contiguous; 1 ≤ kvp ≤ 256.
@@ -131,6 +130,3 @@ def combine(
         BLOCK_D=block_d,
     )  # fmt: skip
     return out, lse
-
-
-combine_reference = combine_partials

@@ -19,24 +19,23 @@ Transport: `dist.all_to_all_single` on the KVP process group (gloo on CPU, NCCL 
 synchronous exchange on CPU — `local_exchange`, the native shared-memory all-to-all between the group's
 processes (`vllm_helix.kernels.cpu_shm_collectives`): one copy in, one copy out, µs instead of a TCP round
 trip.
+
+`exchange_and_combine` is the one driver — packed partials in, exact output out, one timing — used by the GQA
+step (`vllm_helix.attention.step`, also for HOP-B's slices) and the MLA combine (`vllm_helix.attention.mla`).
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable, Sequence
+
 import torch
 import torch.distributed as dist
 
-from vllm_helix.combine import combine_partials
+from vllm_helix.attention.lse_combine import combine_partials
+from vllm_helix.kernels import dispatch
 
-__all__ = [
-    "pack_partials",
-    "unpack_partials",
-    "combine_received",
-    "exchange_and_combine",
-    "start_exchange",
-    "send_packed",
-    "finish_exchange",
-]
+__all__ = ["pack_partials", "unpack_partials", "combine_received", "send_packed", "exchange_and_combine"]
 
 
 def pack_partials(out: torch.Tensor, lse: torch.Tensor, kvp: int) -> torch.Tensor:
@@ -63,18 +62,6 @@ def combine_received(recv: torch.Tensor, out: torch.Tensor) -> None:
     out.copy_(combine_partials(partial_out, partial_lse, out.dtype)[0])
 
 
-def start_exchange(
-    out: torch.Tensor,
-    lse: torch.Tensor,
-    group: dist.ProcessGroup | None,
-    kvp: int,
-    async_op: bool = False,
-    local_exchange=None,
-):
-    """Pack partials (tokens, heads, D) + (tokens, heads) and launch their all-to-all (`send_packed`)."""
-    return send_packed(pack_partials(out, lse, kvp), group, kvp, async_op, local_exchange)
-
-
 def send_packed(
     send: torch.Tensor, group: dist.ProcessGroup | None, kvp: int, async_op: bool = False, local_exchange=None
 ):
@@ -92,29 +79,28 @@ def send_packed(
     return recv, (work if async_op else None)
 
 
-def finish_exchange(
-    recv: torch.Tensor,
-    work,
-    dim: int,
-    out_dtype: torch.dtype,
-    combine=combine_received,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Wait for the all-to-all and combine into `out` (tokens, H/N, D), allocated in `out_dtype` if None.
-    `combine(recv, out)`: `combine_received`, or the kernel `vllm_helix.kernels.dispatch.combine_packed`
-    picks."""
-    if work is not None:
-        work.wait()
-    if out is None:
-        out = torch.empty(*recv.shape[1:3], dim, dtype=out_dtype, device=recv.device)
-    combine(recv, out)
-    return out
+def exchange_and_combine(sends: Iterable[torch.Tensor], outs: Sequence[torch.Tensor], rt, impl: str) -> None:
+    """Partials in, exact output out — the one driver of the exchange (GQA step and MLA alike).
 
+    sends: packed partials (KVP, tokens_s, h, D + e), one per slice; may be a generator, so that slice s+1 is
+    computed while slice s travels (HOP-B: with more than one slice every all-to-all is launched
+    asynchronously on the runtime's KVP group). outs: the matching exact outputs (tokens_s, h, D), written in
+    place by `dispatch.combine_packed(recv, out, force=impl)` (`impl`: the step's "native" / "triton" /
+    "torch" choice, or the `helix.kernels` mode). `rt.kvp_exchange` carries a synchronous exchange over
+    shared memory.
 
-def exchange_and_combine(
-    out: torch.Tensor, lse: torch.Tensor, group: dist.ProcessGroup | None, kvp: int
-) -> torch.Tensor:
-    """Partials (tokens, H/TPA, D) + LSE (tokens, H/TPA) on every KVP peer → exact (tokens, H/N, D) on
-    each."""
-    recv, work = start_exchange(out, lse, group, kvp)
-    return finish_exchange(recv, work, out.shape[-1], out.dtype)
+    `rt.stats.exchange_seconds` grows by the exposed exchange time: launching, waiting and combining (the
+    partial attention of later slices overlapping an exchange is not counted)."""
+    group, kvp = rt.kvp_group, rt.grid.kvp
+    async_op, pending, exposed = len(outs) > 1, [], 0.0
+    for send in sends:
+        launched = time.perf_counter()
+        pending.append(send_packed(send, group, kvp, async_op, rt.kvp_exchange))
+        exposed += time.perf_counter() - launched
+    waited = time.perf_counter()
+    for (recv, work), out in zip(pending, outs, strict=True):
+        if work is not None:
+            work.wait()
+        dispatch.combine_packed(recv, out, force=impl)
+    rt.stats.exchange_seconds += exposed + time.perf_counter() - waited
+    rt.stats.exchanges += len(outs)
