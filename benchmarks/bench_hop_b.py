@@ -3,10 +3,10 @@
 
 Each KVP rank (one process, one thread, pinned to core `rank % cores`) holds its round-robin shard of a decode
 batch's KV cache (MQA by default: 8 query heads, 1 KV head, head_dim 64, bf16, block 128, as on a TPA = 1
-rank) and runs `vllm_helix.hop_b.attend_and_exchange` — the exact code path of the Helix backend — with HOP-B
-forced on (auto slice count: min(4, batch)) and off. The two modes alternate within every repetition (side by
-side, same run); before each timed step the ranks meet at a barrier. A step's time is the slowest rank's; we
-report medians.
+rank) and runs `vllm_helix.attention.step.attend_and_exchange` — the exact code path of the Helix backend —
+with HOP-B forced on (auto slice count: min(4, batch)) and off. The two modes alternate within every
+repetition (side by side, same run); before each timed step the ranks meet at a barrier. A step's time is the
+slowest rank's; we report medians.
 
   exposed exchange = time the step spends in the exchange outside attention (pack, all-to-all launch/wait,
                      combine) — the backend's own `exchange_seconds` counter, max over ranks
