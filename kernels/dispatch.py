@@ -9,9 +9,21 @@
     torch              | torch   | torch        | torch
 
 `force` (a call argument, the `helix.kernels` knob) wins over the environment variable. "auto" also falls back
-to torch when Triton is not importable. The native ops cover decode attention; the combine and MLA decode have
-no native op, so "native" runs their torch references. Kernel modules are imported lazily, so a CPU-only
-install without Triton works and tests can monkeypatch `_is_cuda` and the launchers.
+to torch when Triton is not importable. What each implementation runs, per op (the torch column is the
+reference every kernel is tested against):
+
+    op                 | native (CPU)            | triton (CUDA)               | torch
+    -------------------+-------------------------+-----------------------------+---------------------------
+    decode attention   | cpu_decode_attention    | triton_decode_attention     | torch_attention
+    ... in the send    | cpu_decode_attention    | decode attention, then      | decode attention, then
+        layout         | (writes it directly)    | exchange.pack_partials      | exchange.pack_partials
+    combine (packed)   | cpu_combine             | triton_combine              | exchange.combine_received
+    combine (split)    | lse_combine (torch)     | triton_combine              | lse_combine
+    MLA decode         | the torch reference     | triton_mla_decode_attention | its reference
+
+A native op that does not support a call's dtypes or shapes (`supports(...)`) runs the torch reference. Kernel
+modules are imported lazily, so a CPU-only install without Triton works and tests can monkeypatch `_is_cuda`
+and the launchers.
 """
 
 from __future__ import annotations

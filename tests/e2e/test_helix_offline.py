@@ -57,30 +57,37 @@ def run_helix_vs_stock(model, tp, dcp, stock_tokens, seed, first_hop_b, exchange
 
 
 @pytest.mark.parametrize(
-    "model,tp,dcp,hop_b,exchange",
+    "model,tp,dcp,hop_b,exchange,seed",
     [
-        ("mqa", 2, 2, "auto", "auto"),  # MQA (1 KV head), KVP 2 × TPA 1, shared-memory exchange
-        ("gqa2", 4, 2, True, "gloo"),  # 8 heads / 2 KV heads, KVP 2 × TPA 2 (TPA = K), gloo exchange
+        ("mqa", 2, 2, "auto", "auto", 12),  # MQA (1 KV head), KVP 2 × TPA 1, shared-memory exchange
+        # 8 heads / 2 KV heads, KVP 2 × TPA 2 (TPA = K), gloo exchange; seed 22: the prompts of the other
+        # gqa2 tests (test_kvp1_leaves_attention_to_vllm, test_tpa_below_kv_heads): one stock reference
+        ("gqa2", 4, 2, True, "gloo", 22),
     ],
 )
-def test_greedy_tokens_match_stock(tiny_models, stock_tokens, model, tp, dcp, hop_b, exchange):
-    run_helix_vs_stock(tiny_models[model], tp, dcp, stock_tokens, 10 + tp, hop_b, exchange)
+def test_greedy_tokens_match_stock(tiny_models, stock_tokens, model, tp, dcp, hop_b, exchange, seed):
+    run_helix_vs_stock(tiny_models[model], tp, dcp, stock_tokens, seed, hop_b, exchange)
 
 
 def test_kvp1_leaves_attention_to_vllm(tiny_models, stock_tokens):
     """`-dcp 1` is plain TP = N: the Helix worker installs nothing in attention (vLLM's own backend and
-    model); tokens equal stock TP = 1 and `helix_status` says which attention ran."""
+    model); tokens equal stock TP = 1 (a batch, then one long prompt alone) and `helix_status` says which
+    attention ran."""
     model = tiny_models["gqa2"]
-    prompts = prompt_ids(31, PROMPT_LENGTHS)
+    prompts = prompt_ids(22, PROMPT_LENGTHS)
+    long_prompt = prompt_ids(23, [777])[0]
     result = run_engine(
         {
             "llm": llm_args(model, 2, 1, helix=True),
             "prompts": prompts,
             "max_tokens": NEW_TOKENS,
             "status": True,
+            "phases": [{"prompts": [long_prompt]}],
         }
     )
-    assert result["tokens"] == stock_tokens(model, prompts)
+    expected, expected_long = stock_tokens.groups(model, [prompts, [long_prompt]])
+    assert result["tokens"] == expected
+    assert result["phases"][0]["tokens"] == expected_long
     assert {(st["grid"]["attention"], st["grid"]["exchange"]) for st in result["status"]} == {
         ("vllm", "none")
     }
