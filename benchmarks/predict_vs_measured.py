@@ -28,8 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from vllm_helix.planner.cpu_profile import CpuProfile  # noqa: E402
 from vllm_helix.planner.engine_cpu import (  # noqa: E402
-    CpuProfile,
     EngineGrid,
     bench_model,
     bench_tpots,

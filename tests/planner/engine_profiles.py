@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from vllm_helix.planner import engine_cpu as ec
+from vllm_helix.planner import cpu_profile as cp
 
 US = 1e-6
 
@@ -15,16 +15,16 @@ def profile(
     executor_us: float | None = 100.0,
     step_overhead_s: float | None = 0.005,
     cache_boost: float = 4.0,
-) -> ec.CpuProfile:
+) -> cp.CpuProfile:
     """A 2-core profile with one flat attention rate for every kernel and shape; 1-thread reads of 1 MiB are
     ``cache_boost`` times faster than of 1 GiB."""
     flat = tuple((k, 4 * h * k * 64 / (rate_gflops * 1e9)) for k in (1024, 131072) for h in (1,))
 
-    def attn(kernel: str, heads: int, threads: int, ranks: int) -> ec.AttentionRate:
+    def attn(kernel: str, heads: int, threads: int, ranks: int) -> cp.AttentionRate:
         pts = tuple((k, s * heads) for k, s in flat)  # s per call scales with heads: the same GFLOP/s
-        return ec.AttentionRate(kernel, heads, 1, 64, threads, ranks, pts)
+        return cp.AttentionRate(kernel, heads, 1, 64, threads, ranks, pts)
 
-    return ec.CpuProfile(
+    return cp.CpuProfile(
         name="test",
         cores=2,
         read_bw={
@@ -32,13 +32,13 @@ def profile(
             2: ((1 << 30, read_gbps * 1e9),),
         },
         gemm_flops={"fp32": {1: 70e9, 2: 140e9}},
-        gemv=(ec.Gemv(1, 1, 5 * US, 9e9), ec.Gemv(1, 8, 6 * US, 5e9), ec.Gemv(2, 1, 8 * US, 16e9)),
+        gemv=(cp.Gemv(1, 1, 5 * US, 9e9), cp.Gemv(1, 8, 6 * US, 5e9), cp.Gemv(2, 1, 8 * US, 16e9)),
         attention=(attn("vllm", 8, 2, 1), attn("vllm", 4, 1, 2), attn("helix", 8, 1, 2)),
         collectives={
-            name: ec.Collective(
+            name: cp.Collective(
                 2, 1024, coll_us * US, None if name.startswith("gloo_all_to") else coll_us * US
             )
-            for name in ec.COLLECTIVES
+            for name in cp.COLLECTIVES
         },
         combine_s=10 * US,
         executor_round_trip_s=None if executor_us is None else executor_us * US,

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from vllm_helix.kernels import cpu_build
+from vllm_helix.planner import cpu_profile as cp
 from vllm_helix.planner import engine_cpu as ec
 from vllm_helix.planner.calibration_sizes import Sizes
 from vllm_helix.planner.models import ModelSpec
@@ -50,14 +51,14 @@ def test_measure_tiny_without_vllm():
     assert kernels == {("helix", 4, p.cores, 1), ("helix", 4, 1, 2), ("helix", 2, 1, 2)}  # no vLLM: Helix's
     for a in p.attention:
         assert [k for k, _ in a.points] == [256, 1024] and all(s > 0 for _, s in a.points)
-    assert set(p.collectives) == set(ec.COLLECTIVES)
+    assert set(p.collectives) == set(cp.COLLECTIVES)
     for name in ("shm_all_to_all", "shm_all_reduce", "gloo_all_reduce", "gloo_all_gather"):
         c = p.collectives[name]
         assert c.ranks == 2 and c.idle_s > 0 and c.in_step_s is not None and c.in_step_s > 0
     assert p.collectives["gloo_all_to_all"].in_step_s is None  # not in a step
     assert p.combine_s > 0 and p.executor_round_trip_s is None and p.step_overhead_s is None
     assert p.meta["synthetic_steps"]["helix_tp2_dcp2"]["context"] == 512
-    assert ec.CpuProfile.from_dict(p.to_dict()) == p
+    assert cp.CpuProfile.from_dict(p.to_dict()) == p
     for g in ec.engine_grids(TINY, 2):
         pred = ec.tpot(p, TINY, g, 4096)
         assert pred.tpot_s > 0 and any("step overhead" in n for n in pred.notes)

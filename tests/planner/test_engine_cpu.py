@@ -12,6 +12,7 @@ from dataclasses import replace
 import pytest
 
 from tests.planner.engine_profiles import bench_result, profile
+from vllm_helix.planner import cpu_profile as cp
 from vllm_helix.planner import engine_cpu as ec
 from vllm_helix.planner.calibration import calibrate_main
 from vllm_helix.planner.cli import plan_main
@@ -29,16 +30,16 @@ def test_profile_json_round_trip(tmp_path):
     p = profile()
     path = tmp_path / "p.json"
     p.save(path)
-    q = ec.CpuProfile.load(path)
+    q = cp.CpuProfile.load(path)
     assert q == p and q.meta == p.meta
-    assert json.loads(path.read_text())["kind"] == ec.PROFILE_KIND
+    assert json.loads(path.read_text())["kind"] == cp.PROFILE_KIND
     for k in (1024, 5000, 131072):
         assert q.attention[0].gflops_at(k) == pytest.approx(20.0)
     bad = p.to_dict() | {"kind": "something-else"}
     with pytest.raises(ValueError, match="calibrate"):
-        ec.CpuProfile.from_dict(bad)
+        cp.CpuProfile.from_dict(bad)
     with pytest.raises(ValueError, match="version"):
-        ec.CpuProfile.from_dict(p.to_dict() | {"version": 99})
+        cp.CpuProfile.from_dict(p.to_dict() | {"version": 99})
 
 
 def test_interpolation_and_lookups():
@@ -187,10 +188,10 @@ def test_calibrate_sets_or_fits_the_overhead_without_measuring(tmp_path, capsys)
     bench.write_text(json.dumps(bench_result()))
     assert calibrate_main(["--profile", str(path), "--step-overhead-ms", "7.5"]) == 0
     assert json.loads(capsys.readouterr().out)["step_overhead_ms"] == 7.5
-    assert ec.CpuProfile.load(path).step_overhead_s == pytest.approx(7.5e-3)
+    assert cp.CpuProfile.load(path).step_overhead_s == pytest.approx(7.5e-3)
     out = tmp_path / "fitted.json"
     assert calibrate_main(["--profile", str(path), "--from-bench", str(bench), "--out", str(out)]) == 0
-    fitted = ec.CpuProfile.load(out)
+    fitted = cp.CpuProfile.load(out)
     assert "fitted: stock_tp1 context 4096" in fitted.step_overhead_source
     assert ec.tpot(fitted, MQA, grid("stock_tp1"), 4096).tpot_s == pytest.approx(0.011)
     bench.write_text(json.dumps({"results": {}}))

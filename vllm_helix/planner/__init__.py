@@ -2,9 +2,9 @@
 """Helix planner and simulator: pure-Python latency/memory model, grid search and Pareto frontiers.
 
 No vLLM or torch import; matplotlib only for ``plot``. Entry points: ``cli.plan_main``, ``cli.simulate_main``.
-``engine_cpu`` (pure) models vLLM's decode step on a CPU from a measured profile; ``profile_measurement``
-(torch, and vLLM where it imports; not imported here) measures that profile from ``kernel_timing``,
-``rank_timing`` and ``synthetic_step``: ``calibration.calibrate_main``.
+``engine_cpu`` (pure) models vLLM's decode step on a CPU from a measured profile (``cpu_profile``);
+``profile_measurement`` (torch, and vLLM where it imports; not imported here) measures that profile from
+``kernel_timing``, ``rank_timing`` and ``synthetic_step``: ``calibration.calibrate_main``.
 """
 
 from vllm_helix.planner.cost import PRECISIONS, Estimate, Grid, Precision, estimate

@@ -24,7 +24,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from vllm_helix.planner.engine_cpu import CpuProfile, bench_model, bench_tpots, fit_step_overhead
+from vllm_helix.planner.cpu_profile import CpuProfile
+from vllm_helix.planner.engine_cpu import bench_model, bench_tpots, fit_step_overhead
 from vllm_helix.planner.models import ModelSpec, load_model
 from vllm_helix.planner.profile_measurement import measure
 

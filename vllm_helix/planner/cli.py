@@ -23,6 +23,7 @@ from pathlib import Path
 
 from vllm_helix.planner import engine_cpu
 from vllm_helix.planner.cost import PRECISIONS, Estimate
+from vllm_helix.planner.cpu_profile import CpuProfile
 from vllm_helix.planner.hardware import PROFILES, get_hardware
 from vllm_helix.planner.models import BUILTIN, load_model
 from vllm_helix.planner.search import BASELINES, best_under_ttl, gpu_counts, paper_experiment, sweep
@@ -193,7 +194,7 @@ def _plan_engine(args) -> int:
     (``engine_cpu.plan``) per context, and the fastest."""
     try:
         model = load_model(args.model)
-        profile = engine_cpu.CpuProfile.load(args.hardware)
+        profile = CpuProfile.load(args.hardware)
         rows = engine_cpu.plan(profile, model, args.contexts or [args.context], args.batch)
     except (ValueError, OSError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)

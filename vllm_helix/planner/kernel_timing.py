@@ -25,7 +25,7 @@ import torch
 
 from vllm_helix.planner import ceilings
 from vllm_helix.planner.calibration_sizes import BF16, BLOCK, Sizes
-from vllm_helix.planner.engine_cpu import AttentionRate, Gemv
+from vllm_helix.planner.cpu_profile import AttentionRate, Gemv
 
 median_s = functools.partial(ceilings.median_s, warmup=2)  # the one timer (ceilings.median_s)
 

@@ -31,7 +31,7 @@ import torch
 
 from vllm_helix.planner import ceilings
 from vllm_helix.planner.calibration_sizes import BF16, FULL, QUICK, RANKS, Sizes
-from vllm_helix.planner.engine_cpu import Collective, CpuProfile
+from vllm_helix.planner.cpu_profile import Collective, CpuProfile
 from vllm_helix.planner.kernel_timing import Attention, fit_gemv, load_vllm_ops
 from vllm_helix.planner.models import ModelSpec
 from vllm_helix.planner.rank_timing import run_ranks
