@@ -381,7 +381,8 @@ def main() -> None:
         child(json.loads(args.child))
         return
     if args.model == "smollm2":
-        from vllm_helix.demo.model import ensure_demo_model, heads_for
+        from vllm_helix.demo.head_padding import heads_for
+        from vllm_helix.demo.model import ensure_demo_model
 
         # a grid whose N does not divide SmolLM2's 9 heads gets the same model padded to 12 (as serve-demo
         # does)

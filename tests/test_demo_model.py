@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from vllm_helix.demo import model as dm
+from vllm_helix.demo.head_padding import pad_query_heads
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # there is no model hub; nothing here needs one
 
@@ -190,7 +191,7 @@ def test_pad_query_heads_places_zero_heads_per_group():
     h, k, d, hidden = 6, 2, 4, 8
     q = torch.arange(h * d * hidden, dtype=torch.float32).view(h * d, hidden) + 1
     o = torch.arange(hidden * h * d, dtype=torch.float32).view(hidden, h * d) + 1
-    state, cfg = dm.pad_query_heads(
+    state, cfg = pad_query_heads(
         {"l.self_attn.q_proj.weight": q, "l.self_attn.o_proj.weight": o},
         {"num_attention_heads": h, "num_key_value_heads": k, "hidden_size": hidden, "head_dim": d},
         8,
@@ -206,4 +207,4 @@ def test_pad_query_heads_places_zero_heads_per_group():
         )
     assert not q8[3].any() and not q8[7].any() and not o8[:, 3].any() and not o8[:, 7].any()
     with pytest.raises(ValueError, match="cannot pad"):
-        dm.pad_query_heads({}, {"num_attention_heads": 9, "num_key_value_heads": 3, "hidden_size": 576}, 10)
+        pad_query_heads({}, {"num_attention_heads": 9, "num_key_value_heads": 3, "hidden_size": 576}, 10)

