@@ -212,7 +212,11 @@ def child(spec: dict) -> None:
 
 
 # ---------------------------------------------------------------- parent
-def run_config(spec: dict, kv_gib: int, timeout: float, log_dir: Path | None = None) -> dict:
+def run_config(
+    spec: dict, kv_gib: int, timeout: float, log_dir: Path | None = None, script: Path | None = None
+) -> dict:
+    """Run `script --child spec` (default: this file) in its own process group with the CPU env of its
+    ranks; return its RESULT line, killing the whole group afterwards."""
     from vllm_helix.cpu_setup import cpu_env
 
     ranks = CONFIGS[spec["config"]]["tp"]
@@ -224,7 +228,7 @@ def run_config(spec: dict, kv_gib: int, timeout: float, log_dir: Path | None = N
     env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_gib)
     log = open(log_dir / f"{spec['config']}.log", "w") if log_dir else None  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
+        [sys.executable, str((script or Path(__file__)).resolve()), "--child", json.dumps(spec)],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

@@ -8,6 +8,7 @@
 | `kernels`      | "auto", "native", "torch", "triton" | "auto"  | decode attention (`kernels.dispatch`)    |
 | `metrics`      | true, false                         | true    | per-rank KV-use and exchange-time gauges |
 | `exchange`     | "auto", "shm", "gloo"               | "auto"  | CPU transport of an unsliced exchange    |
+| `sample_with_forward` | true, false                  | true    | one executor round trip per step   |
 
 A user who sets nothing gets: HOP-B where the batch allows it, Triton kernels on CUDA, the native decode
 kernel on CPU (`vllm_helix.kernels.dispatch` is the one table), metrics on, and on CPU the unsliced exchange
@@ -42,6 +43,7 @@ class HelixConfig:
     kernels: str = "auto"
     metrics: bool = True
     exchange: str = "auto"
+    sample_with_forward: bool = True
 
     def __post_init__(self) -> None:
         if self.hop_b not in (True, False, "auto"):
@@ -62,6 +64,10 @@ class HelixConfig:
             raise HelixConfigError(f"helix.metrics must be true or false, got {self.metrics!r}")
         if self.exchange not in ("auto", "shm", "gloo"):
             raise HelixConfigError(f'helix.exchange must be "auto", "shm" or "gloo", got {self.exchange!r}')
+        if not isinstance(self.sample_with_forward, bool):
+            raise HelixConfigError(
+                f"helix.sample_with_forward must be true or false, got {self.sample_with_forward!r}"
+            )
 
     @classmethod
     def from_additional_config(cls, additional_config: dict[str, Any] | None) -> HelixConfig:

@@ -20,6 +20,7 @@ class HelixStats:
     attention_seconds: float = 0.0  # the whole attention step, exchange included (GQA and MLA alike)
     all_reduce_seconds: float = 0.0  # TP all-reduces over Helix's shared memory, waiting for peers included
     all_reduces: int = 0
+    steps_sampled_with_forward: int = 0  # steps answered in one executor round trip (`compat.step_rpc`)
 
 
 @dataclass

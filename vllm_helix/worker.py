@@ -2,7 +2,7 @@
 """`vllm_helix.Worker`: the platform's own vLLM 0.32 worker (CPUWorker on CPU, the GPU Worker on CUDA) plus
 Helix.
 
-Overrides two hooks and adds two RPC methods:
+Overrides three hooks and adds three RPC methods:
 - `__init__`: reads and validates the Helix config, sets block-granular round-robin placement
   (`cp_kv_cache_interleave_size = block_size` unless the user chose another), installs the Helix attention
   backend, the model re-sharding and (on CPU) the context-parallel slot mapping — all in this worker process
@@ -13,6 +13,8 @@ Overrides two hooks and adds two RPC methods:
   exchange over the KVP ranks (`_shm_exchange`) and the TP all-reduce over shared memory.
 
 Every hook into vLLM's internals that it installs is in `vllm_helix.compat` (registry, cpu_comm, moe).
+- `execute_model`: samples right after the forward pass when vLLM would ask for it with no grammar, so a step
+  costs one executor round trip instead of two (`vllm_helix.compat.step_rpc`).
 - `helix_status()` / `helix_reset_stats()`: per-rank grid position, KV use and exchange time, for
   `collective_rpc` (tests, `/helix/status`, metrics).
 """
@@ -25,6 +27,7 @@ import torch
 from vllm.logger import init_logger
 from vllm.platforms import current_platform
 
+from vllm_helix.compat.step_rpc import samples_with_forward
 from vllm_helix.config import HelixConfig
 from vllm_helix.grid import HelixConfigError, HelixGrid
 from vllm_helix.runtime import HelixRuntime, get_runtime, set_runtime
@@ -229,6 +232,21 @@ class Worker(_PlatformWorker):
             rt.kvp_exchange = _shm_exchange(rt, self.vllm_config)
             rt.shm_all_reduce = _shm_tp_all_reduce(rt, self.vllm_config)
 
+    def execute_model(self, scheduler_output):
+        """vLLM's forward pass, then — where `compat.step_rpc.samples_with_forward` holds and the knob
+        `sample_with_forward` is on — the sampling the engine core's next RPC would ask for
+        (`sample_tokens(None)`), returned now: one round trip per step."""
+        output = super().execute_model(scheduler_output)
+        rt = get_runtime()
+        if (
+            output is None
+            and rt.config.sample_with_forward
+            and samples_with_forward(self.vllm_config, scheduler_output)
+        ):
+            output = self.sample_tokens(None)
+            rt.stats.steps_sampled_with_forward += 1
+        return output
+
     def helix_status(self) -> dict:
         """This rank's grid position, KV use and exchange statistics (for collective_rpc)."""
         rt = get_runtime()
@@ -271,6 +289,7 @@ class Worker(_PlatformWorker):
             "attention_seconds": rt.stats.attention_seconds,
             "all_reduce_seconds": rt.stats.all_reduce_seconds,
             "all_reduces": rt.stats.all_reduces,
+            "steps_sampled_with_forward": rt.stats.steps_sampled_with_forward,
             "kv_bytes": kv_bytes,
             "qkv_weight_bytes": qkv_bytes,
             "weight_bytes": sum(weights.values()),

@@ -16,6 +16,9 @@ name. Shipping a function needs `VLLM_ALLOW_INSECURE_SERIALIZATION=1` in `env_ex
 `vllm serve`'s /v1/chat/completions uses — with the same greedy parameters, after the prompts; the result then
 has "chat_tokens", "chat_texts" and "chat_prompt_ids".
 
+`"structured": {"prompts": [...], "choice": [...]}` generates those prompts (greedy) constrained to one of the
+choices (vLLM's structured outputs, `StructuredOutputsParams(choice=...)`); texts under "structured_texts".
+
 `"logprobs": k` samples each generated token's top-k logprobs, recorded best first as
 [[token_id, logprob], ...] per token under "logprobs" (prompts) and "chat_logprobs" (chats);
 `"ignore_eos": false` stops at EOS (default: true, every request runs to max_tokens). Every record of prompts
@@ -180,6 +183,16 @@ def _main(spec: dict) -> None:
             chat_prompt_ids=[list(o.prompt_token_ids) for o in chats],
             **_logprobs(chats, "chat_logprobs"),
         )
+    if spec.get("structured"):
+        from vllm.sampling_params import StructuredOutputsParams
+
+        constrained = SamplingParams(
+            temperature=0,
+            max_tokens=spec.get("max_tokens", 64),
+            structured_outputs=StructuredOutputsParams(choice=spec["structured"]["choice"]),
+        )
+        out = llm.generate(spec["structured"]["prompts"], constrained, use_tqdm=False)
+        result["structured_texts"] = [o.outputs[0].text for o in out]
     if spec.get("status"):
         result["status"] = llm.collective_rpc("helix_status")
     if spec.get("impl_classes"):

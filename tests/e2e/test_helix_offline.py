@@ -53,6 +53,8 @@ def run_helix_vs_stock(model, tp, dcp, stock_tokens, seed, first_hop_b, exchange
     assert {st["grid"]["exchange"] for st in long_phase["status"]} == {
         "gloo" if exchange == "gloo" else "shm"
     }
+    # every step of the long prompt was answered in one executor round trip (`vllm_helix.compat.step_rpc`)
+    assert all(st["steps_sampled_with_forward"] >= NEW_TOKENS for st in long_phase["status"])
     return result
 
 

@@ -31,6 +31,12 @@ PROMPTS = [
     "Once upon a time, in a land far away, " + "there lived a dragon who loved to read books. " * 12,
 ]
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]  # the README's question
+# structured output: the engine core computes a grammar bitmask after the forward pass, so these steps keep
+# vLLM's two RPCs (execute_model, then sample_tokens) where plain steps take one (vllm_helix.compat.step_rpc)
+CHOICE = {
+    "prompts": ["The capital of France is the city of"],
+    "choice": ["Paris", "Lyon", "Berlin", "a dragon"],
+}
 MAX_TOKENS = 32
 BLOCK, KVP, TPA = 32, 3, 1
 
@@ -111,6 +117,7 @@ def test_serve_demo_smollm2(smollm2):
             "llm": dict(model=smollm2, dtype="float32", enforce_eager=True, max_model_len=2048, seed=0),
             "prompts": PROMPTS,
             "chats": [CHAT],
+            "structured": CHOICE,
             "max_tokens": MAX_TOKENS,
         }
     )
@@ -156,6 +163,8 @@ def test_serve_demo_smollm2(smollm2):
         assert [r["kv_tokens"] for r in status["ranks"]] == expected, (written, status["ranks"])
         assert [r["kv_blocks"] for r in status["ranks"]] == [math.ceil(n / BLOCK) for n in expected]
         assert all(r["exchanges"] > 0 and r["exchange_seconds"] > 0 for r in status["ranks"]), status["ranks"]
+        # every decode step of that request was answered in one executor round trip (sampled with the forward)
+        assert all(r["steps_sampled_with_forward"] >= MAX_TOKENS for r in status["ranks"]), status["ranks"]
         assert_gauges_equal_status(base, status)
 
         # 4. completions and streams, every prompt: text equal to stock TP = 1
@@ -201,3 +210,15 @@ def test_serve_demo_smollm2(smollm2):
             f"{base}/v1/chat/completions", json={**chat, "stream": True}, stream=True, timeout=120
         ) as resp:
             assert _stream_text(resp) == answer
+
+        # 6. structured output (a choice): the same answer as stock under the same constraint
+        body = {
+            "model": "smollm2",
+            "prompt": CHOICE["prompts"][0],
+            "max_tokens": MAX_TOKENS,
+            "temperature": 0,
+            "structured_outputs": {"choice": CHOICE["choice"]},
+        }
+        r = requests.post(f"{base}/v1/completions", json=body, timeout=120)
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["text"] == stock["structured_texts"][0] in CHOICE["choice"]

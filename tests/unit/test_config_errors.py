@@ -177,7 +177,7 @@ INVALID = [
         setup(additional_config={"helix": {"hopb": True}}),
         [
             "unknown --additional-config helix key(s) ['hopb']",
-            "valid keys: ['exchange', 'hop_b', 'hop_b_slices', 'kernels', 'metrics']",
+            "valid keys: ['exchange', 'hop_b', 'hop_b_slices', 'kernels', 'metrics', 'sample_with_forward']",
         ],
     ),
     (
@@ -194,6 +194,11 @@ INVALID = [
         "bad helix exchange",
         setup(additional_config={"helix": {"exchange": "tcp"}}),
         ['helix.exchange must be "auto", "shm" or "gloo"', "'tcp'"],
+    ),
+    (
+        "helix sample_with_forward of the wrong type",
+        setup(additional_config={"helix": {"sample_with_forward": 1}}),
+        ["helix.sample_with_forward must be true or false, got 1"],
     ),
     (
         "helix bool of the wrong type",

@@ -19,13 +19,15 @@ vLLM's original unchanged.
     moe            wraps `CPUUnquantizedExperts.apply` (maps global expert ids through `expert_map`)
     mla            replaces `MLAAttention.dcp_manager.combine` per layer (the Helix exchange)
     status_route   wraps `vllm.entrypoints.launchers.app.attach_endpoint_plugins` (`/helix/status`)
+    step_rpc       when `vllm_helix.Worker.execute_model` may sample with the forward pass (`EngineCore.step`
+                   then skips its `sample_tokens` RPC): one executor round trip per step
 
 Installed by `vllm_helix.plugin.register` (every vLLM process: config_checks, cpu_comm's unlink,
-status_route), `vllm_helix.Worker` (registry, cpu_comm's all-reduce, moe), `vllm_helix.model_surgery`
-(model) and `vllm_helix.attention.mla` (mla). Outside this folder Helix only subclasses vLLM classes (the
-worker, `CPUAttentionBackend`, `CPUMLABackend` / `CPUMLAImpl`, the metadata builders) and reads public
-state (`get_dcp_group`, `init_model_parallel_group`, configs); the opt-in platform plugin
-`vllm_helix/ray_cpu_platform.py` stays where its installed entry point names it.
+status_route), `vllm_helix.Worker` (registry, cpu_comm's all-reduce, moe, step_rpc),
+`vllm_helix.model_surgery` (model) and `vllm_helix.attention.mla` (mla). Outside this folder Helix only
+subclasses vLLM classes (the worker, `CPUAttentionBackend`, `CPUMLABackend` / `CPUMLAImpl`, the metadata
+builders) and reads public state (`get_dcp_group`, `init_model_parallel_group`, configs); the opt-in
+platform plugin `vllm_helix/ray_cpu_platform.py` stays where its installed entry point names it.
 """
 
 from __future__ import annotations
