@@ -3,8 +3,9 @@
 
 The ops are compiled against the installed torch with `torch.utils.cpp_extension.load` (gcc + ninja), once per
 machine: the README's setup step (`vllm-helix setup-cpu`) builds them, later loads reuse the cached library
-(torch rebuilds it only when a source changes). Each ISA build (generic, AVX2, AVX-512) is compiled into the
-same library through `#pragma GCC target`, and the op picks the best one the CPU has at run time.
+(torch rebuilds it only when a source changes). Each ISA build (generic, AVX2, AVX-512, AVX-512 + BF16) is
+compiled into the same library through `#pragma GCC target`, and the op picks the best one the CPU has at run
+time.
 
 If the build fails (no compiler, no ninja, …) the Helix backend falls back to the torch path: `status()` says
 why, the worker logs it once and `/helix/status` shows it.
@@ -59,7 +60,8 @@ def load() -> str | None:
 
 
 def status() -> dict:
-    """{"available": bool, "isa": the ISA the ops run ("avx512", "avx2", "generic8") or None, "reason": …}."""
+    """{"available": bool, "isa": the ISA the ops run ("avx512bf16", "avx512",
+    "avx2", "generic8") or None, "reason": …}."""
     reason = load()
     isa = torch.ops.helix_cpu.resolved_isa("auto") if reason is None else None
     return {"available": reason is None, "isa": isa, "reason": reason}

@@ -8,9 +8,10 @@ For query head h of sequence s (one decode token) over the n = local_seq_lens[s]
 n = 0 gives LSE = −inf and O = 0 (an empty shard). The kernel (kernels/csrc/decode_attention.h) reads the
 Helix paged cache in place through the block table — any table: runs of blocks, a partial last block,
 fragmented ids — loads each K/V row once for all query heads of its GQA/MQA group, accumulates in fp32 with an
-online softmax, and runs AVX-512, AVX2 or portable code chosen at run time. Work is spread over the calling
-thread pool by (sequence × KV head × head pass); with fewer items than threads a sequence is cut into splits
-merged by the LSE rule (flash-decoding).
+online softmax, and runs AVX-512 (with AVX512-BF16 dot products for bf16 scores where the CPU has
+them), AVX2 or portable code chosen at run time. Work is spread over the calling thread pool by
+(sequence × KV head × head pass); with fewer items than threads a sequence is cut into splits merged by the
+LSE rule (flash-decoding).
 
 The torch path — the CPU fallback and the reference of the tests — is
 `vllm_helix.attention.torch_attention.decode_attention_reference`.
@@ -54,7 +55,7 @@ def partial_decode_attention(
     scale: float,
     *,
     num_splits: int = 0,  # 0: one split per item unless there are fewer items than threads
-    isa: str = "auto",  # "auto", "avx512", "avx2", "generic8", "generic16" (tests)
+    isa: str = "auto",  # "auto", "avx512bf16", "avx512", "avx2", "generic8", "generic16" (tests)
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """→ O (num_seqs, heads, v_dim) in the query's dtype, LSE (num_seqs, heads) fp32."""
     reason = cpu_build.load()

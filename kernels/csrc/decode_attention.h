@@ -67,6 +67,33 @@ inline void tile_scores(const float* q, int D, const E* k0, int64_t kstride, int
   }
 }
 
+#ifdef HELIX_BF16_DOT
+// tile_scores for bf16 q and K rows through the ISA's bf16 dot product (`dot_bf16`: kBf16DotElems elements
+// into the W lanes per call); D a multiple of kBf16DotElems. q: GP rows of D bf16 (rows past the pass: zero).
+template <int GP>
+inline void tile_scores_dot(const bf16* q, int D, const bf16* k0, int64_t kstride, int len, float c, float* S) {
+  constexpr int TOK = Vec::W / GP;
+  const int nchunks = D / kBf16DotElems;
+  for (int t0 = 0; t0 < len; t0 += TOK) {
+    const bf16* rows[TOK];
+    for (int tt = 0; tt < TOK; ++tt) rows[tt] = k0 + std::min(t0 + tt, len - 1) * kstride;
+    Vec acc[Vec::W];
+    for (int i = 0; i < Vec::W; ++i) acc[i] = Vec::zero();
+    for (int ch = 0; ch < nchunks; ++ch) {
+      for (int tt = 0; tt < TOK; ++tt) {
+        const bf16* k = rows[tt] + ch * kBf16DotElems;
+        for (int g = 0; g < GP; ++g)
+          acc[tt * GP + g] = dot_bf16(acc[tt * GP + g], q + g * D + ch * kBf16DotElems, k);
+      }
+    }
+    Vec s = Vec::mul(Vec::reduce_lanes(acc), Vec::set1(c));
+    const int valid = (len - t0) * GP;
+    if (valid < Vec::W) s = Vec::mask_tail(s, valid, -INFINITY);
+    s.store(S + t0 * GP);
+  }
+}
+#endif
+
 // O[g][dv:dv+NV·W] = α_g·O[g] + Σ_t P[t·GP + g]·v_t for heads g..g+NG, fp32 rows v_t = v0 + t·vstride.
 template <int NG, int NV>
 inline void pv_block(float* O, int DV, const float* alpha, int g, int dv, const float* P, int GP,
@@ -109,6 +136,9 @@ struct Scratch {
   float S[kTile * Vec::W];
   float Vf[kTile * kMaxDim];
   float alpha[Vec::W];
+#ifdef HELIX_BF16_DOT
+  bf16 qb[Vec::W * kMaxDim];  // the pass's query rows in bf16 for the dot-product scores
+#endif
 };
 
 // One work item: heads [h0, h0 + G) of sequence `seq` (all reading KV head `kvh`) over local tokens
@@ -121,6 +151,15 @@ void attend_item(const Params& p, Scratch& sc, int seq, int kvh, int h0, int G, 
   for (int g = 0; g < GP; ++g)
     for (int d = 0; d < D; ++d) sc.q[g * D + d] = g < G ? to_float(q[(h0 + g) * p.q_h + d]) : 0.f;
   for (int i = 0; i < G * DV; ++i) sc.O[i] = 0.f;
+#ifdef HELIX_BF16_DOT
+  constexpr bool kBf16 = std::is_same<E, bf16>::value;
+  const bool dot = kBf16 && D % kBf16DotElems == 0;
+  if constexpr (kBf16) {
+    if (dot)
+      for (int g = 0; g < GP; ++g)
+        for (int d = 0; d < D; ++d) sc.qb[g * D + d] = g < G ? q[(h0 + g) * p.q_h + d] : bf16{0};
+  }
+#endif
   const float c = p.scale * kLog2e;
   Vec m = Vec::set1(-INFINITY), l = Vec::zero();
   const int32_t* table = p.block_table + seq * p.bt_s;
@@ -132,7 +171,16 @@ void attend_item(const Params& p, Scratch& sc, int seq, int kvh, int h0, int G, 
     const int len = static_cast<int>(std::min<int64_t>({kTile, p.block_size - off, t_end - t}));
     const E* kr = kbase + block * p.k_b + off * p.k_t;  // the tile's rows: kr + i·k_t, vr + i·v_t
     const E* vr = vbase + block * p.v_b + off * p.v_t;
+#ifdef HELIX_BF16_DOT
+    if constexpr (kBf16) {
+      if (dot) tile_scores_dot<GP>(sc.qb, D, kr, p.k_t, len, c, sc.S);
+      else tile_scores<GP, E>(sc.q, D, kr, p.k_t, len, c, sc.S);
+    } else {
+      tile_scores<GP, E>(sc.q, D, kr, p.k_t, len, c, sc.S);
+    }
+#else
     tile_scores<GP, E>(sc.q, D, kr, p.k_t, len, c, sc.S);
+#endif
     // online softmax over the tile (lanes of one head share one max/alpha: reduce over lanes ≡ g mod GP)
     const int nvec = (len * GP + Vec::W - 1) / Vec::W;
     Vec mx = Vec::load(sc.S);

@@ -90,5 +90,6 @@ void decode_attention_generic8(const Params& p, DType dtype);
 void decode_attention_generic16(const Params& p, DType dtype);
 void decode_attention_avx2(const Params& p, DType dtype);
 void decode_attention_avx512(const Params& p, DType dtype);
+void decode_attention_avx512bf16(const Params& p, DType dtype);
 
 }  // namespace helix_cpu

@@ -24,7 +24,8 @@ void run_parallel(int64_t n, RangeFn fn, void* ctx) {
 bool cpu_has(const char* feature);
 
 std::string best_isa() {
-  if (cpu_has("avx512f") && cpu_has("avx512bw") && cpu_has("avx512vl") && cpu_has("avx512dq")) return "avx512";
+  if (cpu_has("avx512f") && cpu_has("avx512bw") && cpu_has("avx512vl") && cpu_has("avx512dq"))
+    return cpu_has("avx512bf16") ? "avx512bf16" : "avx512";
   if (cpu_has("avx2") && cpu_has("fma")) return "avx2";
   return "generic8";
 }
@@ -33,6 +34,7 @@ bool cpu_has(const char* feature) {
   __builtin_cpu_init();
   const std::string f(feature);
   if (f == "avx512f") return __builtin_cpu_supports("avx512f");
+  if (f == "avx512bf16") return __builtin_cpu_supports("avx512bf16");
   if (f == "avx512bw") return __builtin_cpu_supports("avx512bw");
   if (f == "avx512vl") return __builtin_cpu_supports("avx512vl");
   if (f == "avx512dq") return __builtin_cpu_supports("avx512dq");
@@ -41,16 +43,21 @@ bool cpu_has(const char* feature) {
   return false;
 }
 
-int lanes(const std::string& isa) { return (isa == "avx512" || isa == "generic16") ? 16 : 8; }
+int lanes(const std::string& isa) {
+  return (isa == "avx512bf16" || isa == "avx512" || isa == "generic16") ? 16 : 8;
+}
 
 }  // namespace
 
 std::string isa_name(c10::string_view requested) {
   const std::string isa(requested);
   if (isa == "auto") return best_isa();
-  TORCH_CHECK(isa == "avx512" || isa == "avx2" || isa == "generic8" || isa == "generic16",
-              "helix_cpu: isa must be auto, avx512, avx2, generic8 or generic16, got ", isa);
-  TORCH_CHECK(isa != "avx512" || best_isa() == "avx512", "helix_cpu: isa=avx512 but this CPU lacks AVX-512 F/BW/VL/DQ");
+  TORCH_CHECK(isa == "avx512bf16" || isa == "avx512" || isa == "avx2" || isa == "generic8" || isa == "generic16",
+              "helix_cpu: isa must be auto, avx512bf16, avx512, avx2, generic8 or generic16, got ", isa);
+  TORCH_CHECK(isa != "avx512bf16" || best_isa() == "avx512bf16",
+              "helix_cpu: isa=avx512bf16 but this CPU lacks AVX-512 F/BW/VL/DQ + AVX512-BF16");
+  TORCH_CHECK(isa != "avx512" || best_isa().rfind("avx512", 0) == 0,
+              "helix_cpu: isa=avx512 but this CPU lacks AVX-512 F/BW/VL/DQ");
   TORCH_CHECK(isa != "avx2" || best_isa() != "generic8", "helix_cpu: isa=avx2 but this CPU lacks AVX2/FMA");
   return isa;
 }
@@ -128,7 +135,8 @@ Call prepare(const at::Tensor& query, const at::Tensor& key_cache, const at::Ten
 
 void run(const Call& c) {
   if (c.p.num_seqs == 0) return;
-  if (c.isa == "avx512") decode_attention_avx512(c.p, c.dtype);
+  if (c.isa == "avx512bf16") decode_attention_avx512bf16(c.p, c.dtype);
+  else if (c.isa == "avx512") decode_attention_avx512(c.p, c.dtype);
   else if (c.isa == "avx2") decode_attention_avx2(c.p, c.dtype);
   else if (c.isa == "generic16") decode_attention_generic16(c.p, c.dtype);
   else decode_attention_generic8(c.p, c.dtype);

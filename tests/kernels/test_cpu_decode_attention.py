@@ -4,8 +4,9 @@
 fp32 ≤ 1e-5 and bf16 ≤ 2e-2 max abs error (O and LSE), ragged local lengths (0, 1, partial blocks, many
 blocks), head_dim 32/64/128, GQA group sizes 1–16, fragmented and descending block tables, the Helix cache
 layout (K and V as views of one buffer), strided queries, 1 and 2 threads (splits merged by the LSE rule), and
-each ISA build: the one this CPU runs ("auto"), and the portable 8- and 16-lane builds — the latter is the
-AVX-512 lane layout, checked here on any CPU.
+each ISA build: the one this CPU runs ("auto": AVX-512 with AVX512-BF16 dot products for bf16 scores where the
+CPU has them, plain AVX-512, AVX2), plain AVX-512 too where "auto" is the BF16 build, and the portable 8- and
+16-lane builds — the latter is the AVX-512 lane layout, checked here on any CPU.
 """
 
 from __future__ import annotations
@@ -28,7 +29,14 @@ def _native_ops():
     assert reason is None, reason
 
 
-ISAS = ("auto", "generic8", "generic16")
+def _explicit_isas() -> tuple[str, ...]:
+    """On a CPU whose best build is AVX-512 + AVX512-BF16 ("auto"), the plain AVX-512 build too."""
+    if cpu_build.load() is not None:
+        return ()
+    return ("avx512",) if torch.ops.helix_cpu.resolved_isa("auto") == "avx512bf16" else ()
+
+
+ISAS = ("auto", "generic8", "generic16", *_explicit_isas())
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 
 
@@ -169,7 +177,9 @@ def test_refuses_what_it_cannot_run():
 
 def test_status_names_the_isa():
     st = cpu_build.status()
-    assert st["available"] and st["isa"] in ("avx512", "avx2", "generic8") and st["reason"] is None
+    assert (
+        st["available"] and st["isa"] in ("avx512bf16", "avx512", "avx2", "generic8") and st["reason"] is None
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
