@@ -158,9 +158,9 @@ def _run_batch(
     return row
 
 
-def child(spec: dict) -> None:
-    from vllm import LLM
-
+def engine_args(spec: dict) -> dict:
+    """`LLM(**...)` arguments of one benchmark engine: the configuration's grid, bf16, eager, and for Helix
+    the worker class with its knobs."""
     cfg = CONFIGS[spec["config"]]
     args = dict(
         model=spec["model"],
@@ -179,8 +179,15 @@ def child(spec: dict) -> None:
         args["additional_config"] = {
             "helix": {"hop_b": spec.get("hop_b", "auto"), "exchange": cfg.get("exchange", "auto")}
         }
+    return args
+
+
+def child(spec: dict) -> None:
+    from vllm import LLM
+
+    cfg = CONFIGS[spec["config"]]
     t0 = time.perf_counter()
-    llm = LLM(**args)
+    llm = LLM(**engine_args(spec))
     startup = time.perf_counter() - t0
     eng = llm.llm_engine
     chunk = eng.vllm_config.scheduler_config.max_num_batched_tokens

@@ -28,26 +28,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_decode import CONFIGS, make_model, run_config  # noqa: E402
+from benchmarks.bench_decode import CONFIGS, engine_args, make_model, run_config  # noqa: E402
 
 
 def child(spec: dict) -> None:
     from vllm import LLM, SamplingParams
 
-    cfg = CONFIGS[spec["config"]]
-    llm = LLM(
-        model=spec["model"],
-        tensor_parallel_size=cfg["tp"],
-        decode_context_parallel_size=cfg["dcp"],
-        dtype="bfloat16",
-        enforce_eager=True,
-        max_model_len=spec["max_model_len"],
-        max_num_seqs=8,
-        seed=0,
-        skip_tokenizer_init=True,
-        enable_prefix_caching=False,
-        worker_cls="vllm_helix.Worker",
-    )
+    llm = LLM(**engine_args(spec))
     eng = llm.llm_engine
     knob, values = spec["knob"], (spec["a"], spec["b"])
     steps_total = spec["blocks"] * spec["block"]
