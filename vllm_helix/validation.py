@@ -67,6 +67,7 @@ class HelixSetup:
     quantization: str | None = None
     runner_type: str | None = None
     model_impl: str = "auto"
+    attention_backend: str | None = None  # --attention-backend (an AttentionBackendEnum name) or None
     device: str = "cpu"
     triton_interpret: bool = False
     additional_config: Any = None
@@ -162,6 +163,12 @@ def _model(s: HelixSetup) -> list[str]:
                 f"MLA attention in {', '.join(s.architectures)} is supported by Helix only for "
                 f"{', '.join(MLA_ARCHITECTURES)}; {NO_HELIX}"
             )
+    if s.device == "cpu" and s.use_mla and s.attention_backend not in (None, "CPU_MLA"):
+        problems.append(
+            f"--attention-backend {s.attention_backend}: Helix attends MLA models on CPU through its own "
+            "CPU_MLA backend (partial attention + LSE for the exchange); leave --attention-backend unset "
+            "or pass CPU_MLA"
+        )
     if s.sliding_window is not None:
         problems.append(
             f"sliding-window attention (window {s.sliding_window}) is not supported by the Helix "

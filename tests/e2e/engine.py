@@ -64,7 +64,20 @@ def run_engine(
     for line in reversed(out.splitlines()):
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT ") :])
-    raise AssertionError(f"engine failed:\n{out[-6000:]}")
+    raise AssertionError(f"engine failed:\n{failure_excerpt(out)}")
+
+
+def failure_excerpt(out: str, first_lines: int = 60, tail_chars: int = 4000) -> str:
+    """What a failed engine's log says, short enough for a test report: the first error block (the first
+    `Traceback` or `ERROR` line and the lines after it — usually a worker's root cause, which vLLM's own
+    re-raise in the engine core and the LLM constructor pushes out of any tail) and the log's tail."""
+    lines = out.splitlines()
+    first = next((i for i, line in enumerate(lines) if "Traceback" in line or " ERROR " in line), None)
+    tail = out[-tail_chars:]
+    if first is None or "\n".join(lines[first:]) in tail:
+        return tail
+    head = "\n".join(lines[first : first + first_lines])
+    return f"{head}\n[... first error block above, end of the log below ...]\n{tail}"
 
 
 def _run_fresh(spec: dict, env: dict, timeout: float) -> str:

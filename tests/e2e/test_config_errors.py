@@ -97,6 +97,12 @@ def _cases(m: dict) -> list[tuple[str, dict, list[str], float]]:
             PROBE_S,
         ),
         ("fp8 KV cache", _llm(m["mqa"], kv_cache_dtype="fp8"), [HEADER, "--kv-cache-dtype fp8"], FAST_S),
+        (
+            "MLA with AMX_MLA",
+            _llm(m["deepseek"], attention_backend="AMX_MLA"),
+            [HEADER, "--attention-backend AMX_MLA", "pass CPU_MLA"],
+            PROBE_S,
+        ),
         ("quantization", _llm(m["mqa"], quantization="fp8"), [HEADER, "quantization 'fp8'"], FAST_S),
         ("pooling runner", _llm(m["mqa"], runner="pooling"), [HEADER, "--runner pooling"], FAST_S),
         (

@@ -31,7 +31,10 @@ from vllm_helix.sharding import local_lengths
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
-MLA_BLOCK = 16  # vLLM's CPU platform forces block_size 16 for MLA models
+MLA_BLOCK = 16  # vLLM's CPU platform forces block_size 16 for MLA models (CPU_MLA)
+# Stock vLLM 0.32 picks AMX_MLA (bf16 only: fails at worker start on these fp32 models) on CPUs with AMX
+# tiles unless CPU_MLA is named; Helix names CPU_MLA itself (compat.config_checks.select_cpu_mla_backend).
+STOCK_MLA = {"block_size": MLA_BLOCK, "attention_backend": "CPU_MLA"}
 LENGTHS = [5, 40, 100]  # shorter than, around and several times the block
 
 
@@ -82,7 +85,7 @@ def test_deepseek_v3_mla_moe_ep_matches_stock(deepseek_models, stock_tokens, kvp
             "status": True,
         }
     )
-    assert result["tokens"] == stock_tokens(model, prompts, block_size=MLA_BLOCK)
+    assert result["tokens"] == stock_tokens(model, prompts, **STOCK_MLA)
     # KV written per request = prompt + all generated tokens but the last
     _assert_latent_kv_sharded(result["status"], [len(p) + NEW_TOKENS - 1 for p in prompts], kvp, 512 + 64, 2)
 
@@ -91,7 +94,7 @@ def test_deepseek_v3_other_mla_dims(deepseek_models, stock_tokens):
     # the reference agrees with stock vLLM where stock runs: the 576 test's stock tokens (cached)
     prompts_576 = prompt_ids(7, LENGTHS + [300])
     assert hf_greedy_tokens(deepseek_models["ds576"], prompts_576, NEW_TOKENS) == stock_tokens(
-        deepseek_models["ds576"], prompts_576, block_size=MLA_BLOCK
+        deepseek_models["ds576"], prompts_576, **STOCK_MLA
     )
     model = deepseek_models["ds128"]
     prompts = prompt_ids(8, LENGTHS + [300])

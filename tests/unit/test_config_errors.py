@@ -66,6 +66,7 @@ def error_of(s: HelixSetup) -> str:
             use_mla=True,
             block_size=16,
         ),
+        setup(2, 2, DEEPSEEK, use_mla=True, block_size=16, attention_backend="CPU_MLA"),
     ],
 )
 def test_configurations_that_work_pass(s):
@@ -241,6 +242,11 @@ INVALID = [
             "or run Helix on CPU",
         ],
     ),
+    (
+        "MLA on CPU with another attention backend",
+        setup(2, 2, DEEPSEEK, use_mla=True, attention_backend="AMX_MLA"),
+        ["--attention-backend AMX_MLA", "CPU_MLA backend", "leave --attention-backend unset or pass CPU_MLA"],
+    ),
 ]
 
 
@@ -396,3 +402,27 @@ def test_shm_unlink_only_in_a_helix_worker_and_only_the_group(tmp_path, monkeypa
     assert wrapped(comm) == "original-result" and unlinked == []  # stock worker: untouched
     monkeypatch.setattr(runtime, "_RUNTIME", object())
     assert wrapped(comm) == "original-result" and unlinked == [group]
+
+
+def test_helix_names_cpu_mla_for_mla_models_on_cpu(monkeypatch):
+    """vLLM 0.32 picks AMX_MLA (bf16 only, no LSE) on AMX CPUs unless CPU_MLA is named: a Helix MLA config on
+    CPU gets CPU_MLA before the platform's config pass; a GQA model or a named backend is left as it is."""
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum
+
+    monkeypatch.setattr(config_checks, "_device", lambda: "cpu")
+
+    def config(use_mla, backend=None):
+        return types.SimpleNamespace(
+            model_config=types.SimpleNamespace(use_mla=use_mla),
+            attention_config=types.SimpleNamespace(backend=backend),
+        )
+
+    mla, gqa = config(True), config(False)
+    config_checks.select_cpu_mla_backend(mla)
+    config_checks.select_cpu_mla_backend(gqa)
+    assert mla.attention_config.backend == AttentionBackendEnum.CPU_MLA
+    assert gqa.attention_config.backend is None
+    monkeypatch.setattr(config_checks, "_device", lambda: "cuda")
+    cuda = config(True)
+    config_checks.select_cpu_mla_backend(cuda)
+    assert cuda.attention_config.backend is None

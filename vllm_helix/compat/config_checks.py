@@ -2,6 +2,10 @@
 """Pre-spawn checks: three guarded wrappers of vLLM 0.32 config code, each a no-op unless
 `--worker-cls vllm_helix.Worker` is used.
 
+The `VllmConfig.__post_init__` wrapper also names `CPU_MLA` as the attention backend of an MLA model on CPU
+before the platform's config pass (`select_cpu_mla_backend`: vLLM 0.32 would pick the LSE-less `AMX_MLA` on
+AMX CPUs).
+
 Applied by the `vllm.general_plugins` entry point (`vllm_helix.plugin.register`) in every vLLM process (vLLM
 loads general plugins in `EngineArgs.__post_init__`, before any config is built), so they act in the API /
 engine-config process *before* any worker is spawned. Every check is `vllm_helix.validation.validate_setup`;
@@ -90,6 +94,7 @@ def setup_from_vllm_config(config, *, final_block_size: bool) -> HelixSetup:
         quantization=mc.quantization,
         runner_type=mc.runner_type,
         model_impl=str(getattr(mc.model_impl, "value", mc.model_impl)),
+        attention_backend=getattr(config.attention_config.backend, "name", None),
         additional_config=config.additional_config,
         **_common(),
     )
@@ -133,12 +138,26 @@ def _helix_vllm_config_post_init(original):
         )
         if checked:
             validate_setup(setup_from_vllm_config(self, final_block_size=False))
+            select_cpu_mla_backend(self)
         result = original(self, *args, **kwargs)
         if checked:
             validate_setup(setup_from_vllm_config(self, final_block_size=True))
         return result
 
     return __post_init__
+
+
+def select_cpu_mla_backend(config) -> None:
+    """Helix runs MLA on CPU through `CPU_MLA` (its class `vllm_helix.attention.mla.HelixMLABackend` is
+    registered under that name in the worker). vLLM 0.32's CPU platform prefers `AMX_MLA` on CPUs with AMX
+    tiles unless `attention_config.backend` is `CPU_MLA` (`CpuPlatform.get_attn_backend_cls`; its
+    `check_and_update_config` then also keeps block size 128 and chunked prefill) — a bf16-only backend
+    without the LSE the Helix exchange needs. So name `CPU_MLA` before the platform's config pass when the
+    user named nothing (any other name was refused by `validate_setup` just before)."""
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum
+
+    if _device() == "cpu" and config.model_config.use_mla and config.attention_config.backend is None:
+        config.attention_config.backend = AttentionBackendEnum.CPU_MLA
 
 
 def _helix_verify_with_parallel_config(original):
