@@ -10,10 +10,12 @@
 // kTile tokens that never cross a paged block (a block's rows are equally spaced: one row pointer per token);
 // the online softmax runs in the log2 domain (exp2), fp32 throughout:
 //
-//   scores   S[t][g] = q_g·k_t            W lanes hold TOK = W/GP tokens × GP heads (GP = G padded to 2^k ≤ W),
-//                                          so one transpose-reduce of W dot products fills one vector
+//   scores   S[t][g] = q_g·k_t            W lanes hold R = W/GP tokens × GP heads (GP = G padded to 2^k ≤ W),
+//                                          computed by broadcasting R elements of a K row against the query
+//                                          transposed (see tile_scores), so no transpose-reduce is needed
 //   softmax  m' = max(m, max_t c·S),  α = 2^(m − m'),  P = 2^(c·S − m'),  l = α·l + Σ_t P,  c = scale·log2 e
-//   values   O[g] = α_g·O[g] + Σ_t P[t][g]·v_t      (register blocks of 2 heads × 4 vectors)
+//   values   O[g] = α_g·O[g] + Σ_t P[t][g]·v_t      (register blocks of 2 heads × 4 vectors; with a bf16 pair
+//                                                    dot product, HELIX_BF16_PV: bf16 P, token pairs, 4 × 4)
 //
 // and at the end O /= l, LSE = (m + log2 l)·ln 2. Splits of one (sequence, head) are merged with the same rule
 // the Helix combine uses across ranks. This header is included once per ISA (decode_attention_<isa>.cpp), each
@@ -40,56 +42,89 @@ inline int pow2_at_least(int g) {
 template <class E>
 inline Vec load_row(const E* p) { return Vec::load_cvt(p); }
 
-// Scores of one tile: S[t·GP + g] = c·q_g·k_t for t < len, with k_t = k0 + t·kstride (lanes of tokens ≥ len:
-// −inf). q: GP rows of D fp32 values (rows past the pass's head count are zero). GP is a compile-time constant
-// so that the W accumulators live in registers.
+// Scores by broadcast: with R = W / GP, lane j = g·R + r of a vector stands for head g and dimension phase r.
+// A K row is read R consecutive elements at a time, broadcast over the GP lane groups (`Vec::bcast<R>`), and
+// multiplied by the query transposed to match, qT[s][g·R + r] = q_g[s·R + r]; after D / R steps lane g·R + r of a
+// token's accumulator holds Σ_{d ≡ r (mod R)} q_g[d]·k[d]. R tokens' accumulators then fold (`Vec::fold_pairs`,
+// log2 R levels of adjacent-lane sums) into one vector of lanes t·GP + g — the layout S keeps — with no
+// transpose-reduce of W dot products. kGroup tokens are in flight so that independent accumulator chains hide the
+// multiply-add latency.
+constexpr int kGroup = 8;
+
+// qT (D / R vectors of W) from GP query rows q of D fp32 values (rows past the pass's heads: zero).
+template <int GP>
+inline void transpose_query(const float* q, int D, float* qT) {
+  constexpr int R = Vec::W / GP;
+  for (int st = 0; st < D / R; ++st)
+    for (int j = 0; j < Vec::W; ++j) qT[st * Vec::W + j] = q[(j / R) * D + st * R + j % R];
+}
+
+// Fold a[0..n) (n a power of two, accumulators of n consecutive tokens) into a[0]: lanes t·(W/n) + g.
+template <int N>
+inline Vec fold_tokens(Vec* a) {
+  for (int n = N; n > 1; n /= 2)
+    for (int i = 0; i < n / 2; ++i) a[i] = Vec::fold_pairs(a[2 * i], a[2 * i + 1]);
+  return a[0];
+}
+
+// Store the folded scores of tokens [t, t + R) (lanes of tokens ≥ len: −inf), times c; nothing when t ≥ len.
+template <int GP>
+inline void store_scores(Vec s, int t, int len, float c, float* S) {
+  if (t >= len) return;
+  s = Vec::mul(s, Vec::set1(c));
+  const int valid = (len - t) * GP;
+  if (valid < Vec::W) s = Vec::mask_tail(s, valid, -INFINITY);
+  s.store(S + t * GP);
+}
+
+// Scores of one tile: S[t·GP + g] = c·q_g·k_t for t < len, k_t = k0 + t·kstride. Tail tokens of a group re-read
+// the last row; their lanes are masked. S holds ⌈len / T⌉·T·GP floats, T = max(kGroup, R).
 template <int GP, class E>
-inline void tile_scores(const float* q, int D, const E* k0, int64_t kstride, int len, float c, float* S) {
-  constexpr int TOK = Vec::W / GP;
-  const int nchunks = D / Vec::W;
-  for (int t0 = 0; t0 < len; t0 += TOK) {
-    const E* rows[TOK];  // a tail group re-reads the last row; its lanes are masked below
-    for (int tt = 0; tt < TOK; ++tt) rows[tt] = k0 + std::min(t0 + tt, len - 1) * kstride;
-    Vec acc[Vec::W];
-    for (int i = 0; i < Vec::W; ++i) acc[i] = Vec::zero();
-    for (int ch = 0; ch < nchunks; ++ch) {
-      for (int tt = 0; tt < TOK; ++tt) {
-        const Vec k = load_row(rows[tt] + ch * Vec::W);
-        for (int g = 0; g < GP; ++g) {
-          acc[tt * GP + g] = Vec::fma(Vec::load(q + g * D + ch * Vec::W), k, acc[tt * GP + g]);
-        }
-      }
+inline void tile_scores(const float* qT, int D, const E* k0, int64_t kstride, int len, float c, float* S) {
+  constexpr int R = Vec::W / GP, T = R > kGroup ? R : kGroup;
+  const int steps = D / R;
+  for (int t0 = 0; t0 < len; t0 += T) {
+    const E* rows[T];
+    for (int tt = 0; tt < T; ++tt) rows[tt] = k0 + std::min(t0 + tt, len - 1) * kstride;
+    Vec acc[T];
+    for (int i = 0; i < T; ++i) acc[i] = Vec::zero();
+    for (int st = 0; st < steps; ++st) {
+      const Vec q = Vec::load(qT + st * Vec::W);
+      for (int tt = 0; tt < T; ++tt) acc[tt] = Vec::fma(Vec::template bcast<R>(rows[tt] + st * R), q, acc[tt]);
     }
-    Vec s = Vec::mul(Vec::reduce_lanes(acc), Vec::set1(c));
-    const int valid = (len - t0) * GP;
-    if (valid < Vec::W) s = Vec::mask_tail(s, valid, -INFINITY);
-    s.store(S + t0 * GP);
+    for (int i = 0; i < T / R; ++i) store_scores<GP>(fold_tokens<R>(acc + i * R), t0 + i * R, len, c, S);
   }
 }
 
 #ifdef HELIX_BF16_DOT
-// tile_scores for bf16 q and K rows through the ISA's bf16 dot product (`dot_bf16`: kBf16DotElems elements
-// into the W lanes per call); D a multiple of kBf16DotElems. q: GP rows of D bf16 (rows past the pass: zero).
+// The same through the ISA's bf16 pair dot product (`dot_pairs<R>`: R pairs of a K row broadcast, times the
+// query pairs, summed into each fp32 lane): steps of 2R dimensions, D a multiple of 2R. qP[st][j] = the pair
+// (q_g[2(st·R + r)], q_g[2(st·R + r) + 1]) for lane j = g·R + r, as 2·W bf16 per step.
 template <int GP>
-inline void tile_scores_dot(const bf16* q, int D, const bf16* k0, int64_t kstride, int len, float c, float* S) {
-  constexpr int TOK = Vec::W / GP;
-  const int nchunks = D / kBf16DotElems;
-  for (int t0 = 0; t0 < len; t0 += TOK) {
-    const bf16* rows[TOK];
-    for (int tt = 0; tt < TOK; ++tt) rows[tt] = k0 + std::min(t0 + tt, len - 1) * kstride;
-    Vec acc[Vec::W];
-    for (int i = 0; i < Vec::W; ++i) acc[i] = Vec::zero();
-    for (int ch = 0; ch < nchunks; ++ch) {
-      for (int tt = 0; tt < TOK; ++tt) {
-        const bf16* k = rows[tt] + ch * kBf16DotElems;
-        for (int g = 0; g < GP; ++g)
-          acc[tt * GP + g] = dot_bf16(acc[tt * GP + g], q + g * D + ch * kBf16DotElems, k);
+inline void transpose_query_pairs(const bf16* q, int q_h, int G, int D, bf16* qP) {
+  constexpr int R = Vec::W / GP;
+  for (int st = 0; st < D / (2 * R); ++st)
+    for (int j = 0; j < Vec::W; ++j)
+      for (int e = 0; e < 2; ++e) {
+        const int g = j / R, d = 2 * (st * R + j % R) + e;
+        qP[(st * Vec::W + j) * 2 + e] = g < G ? q[g * q_h + d] : bf16{0};
       }
+}
+
+template <int GP>
+inline void tile_scores_dot(const bf16* qP, int D, const bf16* k0, int64_t kstride, int len, float c, float* S) {
+  constexpr int R = Vec::W / GP, T = R > kGroup ? R : kGroup;
+  const int steps = D / (2 * R);
+  for (int t0 = 0; t0 < len; t0 += T) {
+    const bf16* rows[T];
+    for (int tt = 0; tt < T; ++tt) rows[tt] = k0 + std::min(t0 + tt, len - 1) * kstride;
+    Vec acc[T];
+    for (int i = 0; i < T; ++i) acc[i] = Vec::zero();
+    for (int st = 0; st < steps; ++st) {
+      const QPairs q = QPairs::load(qP + st * 2 * Vec::W);
+      for (int tt = 0; tt < T; ++tt) acc[tt] = dot_pairs<R>(acc[tt], rows[tt] + st * 2 * R, q);
     }
-    Vec s = Vec::mul(Vec::reduce_lanes(acc), Vec::set1(c));
-    const int valid = (len - t0) * GP;
-    if (valid < Vec::W) s = Vec::mask_tail(s, valid, -INFINITY);
-    s.store(S + t0 * GP);
+    for (int i = 0; i < T / R; ++i) store_scores<GP>(fold_tokens<R>(acc + i * R), t0 + i * R, len, c, S);
   }
 }
 #endif
@@ -129,15 +164,60 @@ inline void pv_heads(float* O, int DV, const float* alpha, int g, const float* P
   }
 }
 
+#ifdef HELIX_BF16_PV
+// P·V through the bf16 pair dot product (bf16 caches, DV a multiple of 32): PP[u·GP + g] holds the bf16
+// probabilities of tokens 2u, 2u+1 for head g (`pair_probs`), Vp the tile's value rows paired by tokens
+// (`interleave_rows`: per pair u, DV / 16 vectors of 16 pairs, in VPUNPCKL/HWD's lane order). O is kept in that
+// order during an item (`pv_lane` maps a dimension to its lane) and put back when the item writes it out.
+inline int pv_lane(int d) {
+  const int c = d / 32, r = d % 32;
+  return (2 * c + (r % 8) / 4) * 16 + 4 * (r / 8) + r % 4;
+}
+
+template <int NG, int NV>
+inline void pv_dot_block(float* O, int DV, const float* alpha, int g, int k0, const uint32_t* PP, int GP,
+                         const bf16* Vp, int pairs) {
+  Vec acc[NG][NV];
+  for (int i = 0; i < NG; ++i) {
+    const Vec a = Vec::set1(alpha[g + i]);
+    for (int j = 0; j < NV; ++j) acc[i][j] = Vec::mul(Vec::load(O + (g + i) * DV + (k0 + j) * Vec::W), a);
+  }
+  for (int u = 0; u < pairs; ++u) {
+    QPairs v[NV];
+    for (int j = 0; j < NV; ++j) v[j] = QPairs::load(Vp + (u * DV + (k0 + j) * Vec::W) * 2);
+    for (int i = 0; i < NG; ++i) {
+      const uint32_t pp = PP[u * GP + g + i];
+      for (int j = 0; j < NV; ++j) acc[i][j] = dot_bcast(acc[i][j], pp, v[j]);
+    }
+  }
+  for (int i = 0; i < NG; ++i)
+    for (int j = 0; j < NV; ++j) acc[i][j].store(O + (g + i) * DV + (k0 + j) * Vec::W);
+}
+
+template <int NG>
+inline void pv_dot_heads(float* O, int DV, const float* alpha, int g, const uint32_t* PP, int GP, const bf16* Vp,
+                         int pairs) {
+  const int nvec = DV / Vec::W;  // even: DV is a multiple of 32
+  int k = 0;
+  for (; k + 4 <= nvec; k += 4) pv_dot_block<NG, 4>(O, DV, alpha, g, k, PP, GP, Vp, pairs);
+  if (k < nvec) pv_dot_block<NG, 2>(O, DV, alpha, g, k, PP, GP, Vp, pairs);
+}
+#endif
+
 // Per-thread scratch, sized for kTile tokens, GP ≤ W heads, D, DV ≤ kMaxDim.
 struct Scratch {
   float q[Vec::W * kMaxDim];
+  float qT[Vec::W * kMaxDim];
   float O[Vec::W * kMaxDim];
   float S[kTile * Vec::W];
   float Vf[kTile * kMaxDim];
   float alpha[Vec::W];
 #ifdef HELIX_BF16_DOT
-  bf16 qb[Vec::W * kMaxDim];  // the pass's query rows in bf16 for the dot-product scores
+  bf16 qP[Vec::W * kMaxDim];  // the pass's query pairs in bf16 for the dot-product scores
+#endif
+#ifdef HELIX_BF16_PV
+  bf16 Vp[kTile * kMaxDim];         // the tile's value rows paired by tokens
+  uint32_t PP[kTile / 2 * Vec::W];  // the tile's probabilities paired by tokens, bf16
 #endif
 };
 
@@ -150,15 +230,19 @@ void attend_item(const Params& p, Scratch& sc, int seq, int kvh, int h0, int G, 
   const E* q = static_cast<const E*>(p.q) + seq * p.q_s;
   for (int g = 0; g < GP; ++g)
     for (int d = 0; d < D; ++d) sc.q[g * D + d] = g < G ? to_float(q[(h0 + g) * p.q_h + d]) : 0.f;
+  transpose_query<GP>(sc.q, D, sc.qT);
   for (int i = 0; i < G * DV; ++i) sc.O[i] = 0.f;
 #ifdef HELIX_BF16_DOT
   constexpr bool kBf16 = std::is_same<E, bf16>::value;
-  const bool dot = kBf16 && D % kBf16DotElems == 0;
+  const bool dot = kBf16 && D % (2 * Vec::W / GP) == 0;
   if constexpr (kBf16) {
-    if (dot)
-      for (int g = 0; g < GP; ++g)
-        for (int d = 0; d < D; ++d) sc.qb[g * D + d] = g < G ? q[(h0 + g) * p.q_h + d] : bf16{0};
+    if (dot) transpose_query_pairs<GP>(reinterpret_cast<const bf16*>(q) + h0 * p.q_h, p.q_h, G, D, sc.qP);
   }
+#endif
+#ifdef HELIX_BF16_PV
+  const bool dot_pv = std::is_same<E, bf16>::value && DV % 32 == 0;
+#else
+  constexpr bool dot_pv = false;
 #endif
   const float c = p.scale * kLog2e;
   Vec m = Vec::set1(-INFINITY), l = Vec::zero();
@@ -173,13 +257,13 @@ void attend_item(const Params& p, Scratch& sc, int seq, int kvh, int h0, int G, 
     const E* vr = vbase + block * p.v_b + off * p.v_t;
 #ifdef HELIX_BF16_DOT
     if constexpr (kBf16) {
-      if (dot) tile_scores_dot<GP>(sc.qb, D, kr, p.k_t, len, c, sc.S);
-      else tile_scores<GP, E>(sc.q, D, kr, p.k_t, len, c, sc.S);
+      if (dot) tile_scores_dot<GP>(sc.qP, D, kr, p.k_t, len, c, sc.S);
+      else tile_scores<GP, E>(sc.qT, D, kr, p.k_t, len, c, sc.S);
     } else {
-      tile_scores<GP, E>(sc.q, D, kr, p.k_t, len, c, sc.S);
+      tile_scores<GP, E>(sc.qT, D, kr, p.k_t, len, c, sc.S);
     }
 #else
-    tile_scores<GP, E>(sc.q, D, kr, p.k_t, len, c, sc.S);
+    tile_scores<GP, E>(sc.qT, D, kr, p.k_t, len, c, sc.S);
 #endif
     // online softmax over the tile (lanes of one head share one max/alpha: reduce over lanes ≡ g mod GP)
     const int nvec = (len * GP + Vec::W - 1) / Vec::W;
@@ -196,6 +280,25 @@ void attend_item(const Params& p, Scratch& sc, int seq, int kvh, int h0, int G, 
     l = Vec::fma(l, alpha, sum);
     m = m_new;
     alpha.store(sc.alpha);  // lanes 0..GP-1: α of heads 0..GP-1
+#ifdef HELIX_BF16_PV
+    if constexpr (std::is_same<E, bf16>::value) {
+      if (dot_pv) {
+        const int pairs = (len + 1) / 2;
+        if (len % 2)
+          for (int g = 0; g < GP; ++g) sc.S[len * GP + g] = 0.f;  // the odd token's partner: P = 0
+        pair_probs<GP>(sc.S, pairs, sc.PP);
+        for (int u = 0; u < pairs; ++u) {  // a missing partner row repeats the last one (finite, times P = 0)
+          const bf16* r0 = vr + 2 * u * p.v_t;
+          interleave_rows(r0, 2 * u + 1 < len ? r0 + p.v_t : r0, DV, sc.Vp + u * DV * 2);
+        }
+        int g = 0;
+        for (; g + 4 <= G; g += 4) pv_dot_heads<4>(sc.O, DV, sc.alpha, g, sc.PP, GP, sc.Vp, pairs);
+        for (; g < G; ++g) pv_dot_heads<1>(sc.O, DV, sc.alpha, g, sc.PP, GP, sc.Vp, pairs);
+        t += len;
+        continue;
+      }
+    }
+#endif
     const float* v0;
     int64_t vstride;
     if constexpr (std::is_same<E, float>::value) {
@@ -219,7 +322,15 @@ void attend_item(const Params& p, Scratch& sc, int seq, int kvh, int h0, int G, 
     const bool empty = !(lv[g] > 0.f);
     const float inv = empty ? 0.f : 1.f / lv[g];
     float* o = o_out + g * o_row_stride;
+#ifdef HELIX_BF16_PV
+    if (dot_pv) {
+      for (int d = 0; d < DV; ++d) o[d] = sc.O[g * DV + pv_lane(d)] * inv;
+    } else {
+      for (int d = 0; d < DV; ++d) o[d] = sc.O[g * DV + d] * inv;
+    }
+#else
     for (int d = 0; d < DV; ++d) o[d] = sc.O[g * DV + d] * inv;
+#endif
     lse_out[g] = empty ? -INFINITY : (mv[g] + std::log2(lv[g])) * kLn2;
   }
 }

@@ -55,12 +55,29 @@ struct Vec {
     return {_mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), valid)};
   }
 
-  // lane i of the result = sum of the lanes of a[i]
-  static Vec reduce_lanes(const Vec* a) {
-    const __m256 t0 = _mm256_hadd_ps(a[0].v, a[1].v), t1 = _mm256_hadd_ps(a[2].v, a[3].v);
-    const __m256 t2 = _mm256_hadd_ps(a[4].v, a[5].v), t3 = _mm256_hadd_ps(a[6].v, a[7].v);
-    const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);  // 128-bit halves: a0..3 | a4..7
-    return {_mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31))};
+  // lane j = p[j mod R]: R consecutive elements of a row, repeated over the W / R lane groups (R | 8)
+  template <int R>
+  static Vec bcast(const float* p) {
+    if constexpr (R == 1) return set1(*p);
+    else if constexpr (R == 2) return {_mm256_castpd_ps(_mm256_set1_pd(*reinterpret_cast<const double*>(p)))};
+    else if constexpr (R == 4) return {_mm256_broadcast_ps(reinterpret_cast<const __m128*>(p))};
+    else return load(p);
+  }
+  template <int R>
+  static Vec bcast(const bf16* p) {  // the same from bf16, widened to fp32
+    if constexpr (R == 1) return set1(to_float(*p));
+    else if constexpr (R == 2) {
+      const __m128i w = _mm_slli_epi32(_mm_cvtepu16_epi32(_mm_cvtsi32_si128(*reinterpret_cast<const int*>(p))), 16);
+      return {_mm256_castsi256_ps(_mm256_broadcastq_epi64(w))};
+    } else if constexpr (R == 4) {
+      const __m128i w = _mm_slli_epi32(_mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))), 16);
+      return {_mm256_castsi256_ps(_mm256_broadcastsi128_si256(w))};
+    } else return load_cvt(p);
+  }
+
+  // r[i] = a[2i] + a[2i+1] and r[4 + i] = b[2i] + b[2i+1], i < 4: adjacent lanes summed, a's into the low half
+  static Vec fold_pairs(Vec a, Vec b) {  // hadd: a01 a23 b01 b23 | a45 a67 b45 b67 → 64-bit lanes 0 2 1 3
+    return {_mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_hadd_ps(a.v, b.v)), 0xD8))};
   }
 
   // lane i → lane (i + s) mod 8

@@ -42,20 +42,36 @@ struct Vec {
     return {_mm512_maskz_mov_ps(valid, _mm512_mul_ps(p, _mm512_castsi512_ps(e)))};
   }
 
-  // lane i of the result = sum of the lanes of a[i]: fold each vector to 8 lanes, then the AVX2 tree per half
-  static __m256 fold(__m512 a) {
-    return _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
+  // lane j = p[j mod R]: R consecutive elements of a row, repeated over the W / R lane groups (R | 16)
+  template <int R>
+  static Vec bcast(const float* p) {
+    if constexpr (R == 1) return set1(*p);
+    else if constexpr (R == 2) return {_mm512_castpd_ps(_mm512_set1_pd(*reinterpret_cast<const double*>(p)))};
+    else if constexpr (R == 4) return {_mm512_broadcast_f32x4(_mm_loadu_ps(p))};
+    else if constexpr (R == 8) return {_mm512_broadcast_f32x8(_mm256_loadu_ps(p))};
+    else return load(p);
   }
-  static __m256 tree8(const __m256* h) {
-    const __m256 t0 = _mm256_hadd_ps(h[0], h[1]), t1 = _mm256_hadd_ps(h[2], h[3]);
-    const __m256 t2 = _mm256_hadd_ps(h[4], h[5]), t3 = _mm256_hadd_ps(h[6], h[7]);
-    const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
-    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+  template <int R>
+  static Vec bcast(const bf16* p) {  // the same from bf16, widened to fp32
+    if constexpr (R == 1) return set1(to_float(*p));
+    else if constexpr (R == 2) {
+      const __m128i w = _mm_slli_epi32(_mm_cvtepu16_epi32(_mm_cvtsi32_si128(*reinterpret_cast<const int*>(p))), 16);
+      return {_mm512_castsi512_ps(_mm512_broadcastq_epi64(w))};
+    } else if constexpr (R == 4) {
+      const __m128i w = _mm_slli_epi32(_mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))), 16);
+      return {_mm512_castsi512_ps(_mm512_broadcast_i32x4(w))};
+    } else if constexpr (R == 8) {
+      const __m256i w =
+          _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16);
+      return {_mm512_castsi512_ps(_mm512_broadcast_i64x4(w))};
+    } else return load_cvt(p);
   }
-  static Vec reduce_lanes(const Vec* a) {
-    __m256 h[16];
-    for (int i = 0; i < 16; ++i) h[i] = fold(a[i].v);
-    return {_mm512_insertf32x8(_mm512_castps256_ps512(tree8(h)), tree8(h + 8), 1)};
+
+  // r[i] = a[2i] + a[2i+1] and r[8 + i] = b[2i] + b[2i+1], i < 8: adjacent lanes summed, a's into the low half
+  static Vec fold_pairs(Vec a, Vec b) {
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    return {_mm512_add_ps(_mm512_permutex2var_ps(a.v, even, b.v), _mm512_permutex2var_ps(a.v, odd, b.v))};
   }
 
   static Vec rotate(Vec a, int s) {  // lane i → lane (i + s) mod 16

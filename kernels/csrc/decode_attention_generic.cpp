@@ -71,12 +71,17 @@ struct VecN {
     }
     return r;
   }
-  static VecN reduce_lanes(const VecN* a) {
+  template <int R, class E>
+  static VecN bcast(const E* p) {  // lane j = p[j mod R]
     VecN r;
-    for (int i = 0; i < N; ++i) {
-      float s = 0.f;
-      for (int j = 0; j < N; ++j) s += a[i].v[j];
-      r.v[i] = s;
+    for (int i = 0; i < N; ++i) r.v[i] = to_float(p[i % R]);
+    return r;
+  }
+  static VecN fold_pairs(VecN a, VecN b) {  // r[i] = a[2i] + a[2i+1], r[N/2 + i] = b[2i] + b[2i+1]
+    VecN r;
+    for (int i = 0; i < N / 2; ++i) {
+      r.v[i] = a.v[2 * i] + a.v[2 * i + 1];
+      r.v[N / 2 + i] = b.v[2 * i] + b.v[2 * i + 1];
     }
     return r;
   }

@@ -30,10 +30,12 @@ def _native_ops():
 
 
 def _explicit_isas() -> tuple[str, ...]:
-    """On a CPU whose best build is AVX-512 + AVX512-BF16 ("auto"), the plain AVX-512 build too."""
+    """The builds below the best one ("auto") that this CPU also runs: on AVX-512 + AVX512-BF16 the plain
+    AVX-512 and the AVX2 builds, on plain AVX-512 the AVX2 build."""
     if cpu_build.load() is not None:
         return ()
-    return ("avx512",) if torch.ops.helix_cpu.resolved_isa("auto") == "avx512bf16" else ()
+    best = torch.ops.helix_cpu.resolved_isa("auto")
+    return {"avx512bf16": ("avx512", "avx2"), "avx512": ("avx2",)}.get(best, ())
 
 
 ISAS = ("auto", "generic8", "generic16", *_explicit_isas())
