@@ -12,9 +12,10 @@ with each implementation: `native` (the C++ kernel, kernels/csrc) and `torch` (t
 still the fallback). Each call reads KV of one of `--layers` layers in turn, so the bytes in play are those of
 a whole decode step, as in the engine. The ceilings are measured in the same run
 (vllm_helix.planner.ceilings): vectorised read bandwidth at DRAM size and at the step's KV size, and the fp32
-FMA rate (the kernel widens bf16 to fp32).
+FMA and bf16 rates (bf16 caches: the higher of the two, `ceilings.attention_compute_rate` — the avx512bf16
+kernel multiplies bf16 directly).
 
-    bound = max(KV bytes / read bandwidth at the step's KV size, FLOP / fp32 FMA rate)
+    bound = max(KV bytes / read bandwidth at the step's KV size, FLOP / compute rate)
 
 Reported: ms per layer call (median over repetitions), fraction of the bound, and stock/helix time per
 implementation — at the bandwidth bound that ratio tends to 2× (the paper's thesis).
@@ -119,7 +120,8 @@ def main() -> None:
             q = torch.randn(batch, w["heads"], DIM).to(dtype)
             nbytes, flops = ceilings.decode_attention_cost(keys, w["heads"], w["kv_heads"], DIM, item, batch)
             bw = ceil["read_GBps"][str(args.layers * nbytes)] * 1e9
-            bound = ceilings.attention_bound_s(nbytes, flops, bw, ceil["fp32_fma_GFLOPs"] * 1e9)
+            rate = ceilings.attention_compute_rate(ceil, item)
+            bound = ceilings.attention_bound_s(nbytes, flops, bw, rate)
             row = {
                 "context": ctx,
                 "batch": batch,
@@ -130,9 +132,7 @@ def main() -> None:
                 "flops": flops,
                 "read_GBps_at_step_size": round(bw / 1e9, 2),
                 "bound_ms": round(bound * 1e3, 4),
-                "bound_by": "bandwidth"
-                if nbytes / bw >= flops / (ceil["fp32_fma_GFLOPs"] * 1e9)
-                else "compute",
+                "bound_by": "bandwidth" if nbytes / bw >= flops / rate else "compute",
             }
             for name, fn in impls.items():
                 t = time_calls(

@@ -18,8 +18,9 @@ A *pure decode step* is one in which every request of the batch already has its 
 finished; time per output token (TPOT) = median pure-decode step time. Prefill (time to the last first token)
 is reported apart. For Helix ranks the backend's counters give attention and exchange time over the decode
 phase and each rank's KV use after prefill (tokens, blocks). The roofline bound of the Helix attention per
-layer call is max(KV bytes / read bandwidth, FLOP / fp32 FMA rate), with the ceilings measured in the same run
-(`vllm_helix.planner.ceilings`: vectorised read of a buffer the size of a rank's KV over all
+layer call is max(KV bytes / read bandwidth, FLOP / compute rate) — the compute rate of a bf16 cache is the
+higher of the fp32 FMA and bf16 rates (`ceilings.attention_compute_rate`) — with the ceilings measured in the
+same run (`vllm_helix.planner.ceilings`: vectorised read of a buffer the size of a rank's KV over all
 layers, and of 1 GiB).
 
 Prints ONE JSON line. Example:
@@ -307,7 +308,9 @@ def summarize(results: dict, ceil: dict, dims: dict = MODEL) -> dict:
     # roofline bound of the Helix attention per layer call, and per-rank KV, for Helix at batch 1 (first
     # repetition)
     bound, kv = [], []
-    fma = ceil["fp32_fma_GFLOPs"] * 1e9
+    from vllm_helix.planner import ceilings
+
+    fma = ceilings.attention_compute_rate(ceil, 2)  # both benchmark models are bf16
     for cfg in ("helix_tp2_dcp2", "helix_tp3_dcp3"):
         kvp = CONFIGS[cfg]["dcp"]
         for r in results.get(cfg, {}).get("rows", []):

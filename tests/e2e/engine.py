@@ -67,17 +67,24 @@ def run_engine(
     raise AssertionError(f"engine failed:\n{failure_excerpt(out)}")
 
 
-def failure_excerpt(out: str, first_lines: int = 60, tail_chars: int = 4000) -> str:
+def failure_excerpt(out: str, first_lines: int = 60, tail_chars: int = 4000, stack_chars: int = 12000) -> str:
     """What a failed engine's log says, short enough for a test report: the first error block (the first
     `Traceback` or `ERROR` line and the lines after it — usually a worker's root cause, which vLLM's own
-    re-raise in the engine core and the LLM constructor pushes out of any tail) and the log's tail."""
+    re-raise in the engine core and the LLM constructor pushes out of any tail), the processes' stacks if a
+    hung step had them dumped (`engine_host.dump_stacks`), and the log's tail."""
+    from tests.e2e.engine_host import STACKS_MARKER
+
+    stacks = ""
+    if STACKS_MARKER in out:
+        at = out.index(STACKS_MARKER)
+        out, stacks = out[:at], out[at:][:stack_chars]
     lines = out.splitlines()
     first = next((i for i, line in enumerate(lines) if "Traceback" in line or " ERROR " in line), None)
     tail = out[-tail_chars:]
-    if first is None or "\n".join(lines[first:]) in tail:
-        return tail
-    head = "\n".join(lines[first : first + first_lines])
-    return f"{head}\n[... first error block above, end of the log below ...]\n{tail}"
+    if first is not None and "\n".join(lines[first:]) not in tail:
+        head = "\n".join(lines[first : first + first_lines])
+        tail = f"{head}\n[... first error block above, end of the log below ...]\n{tail}"
+    return tail + (f"\n{stacks}" if stacks else "")
 
 
 def _run_fresh(spec: dict, env: dict, timeout: float) -> str:

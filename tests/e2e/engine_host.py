@@ -196,10 +196,12 @@ def run_forked(spec: dict, env: dict, timeout: float) -> str:
         if started is None or "pid" not in started:
             host.stop()
             raise AssertionError(f"the engine host did not fork: {started}")
-        pid, exited = started["pid"], None
+        pid, exited, stacks = started["pid"], None, ""
         deadline = time.monotonic() + timeout
         try:
-            while exited is None and not _has_result(_read(log_path)):
+            while exited is None and not _has_result(text := _read(log_path)):
+                if not stacks and HANG_LINE in text:  # vLLM says a step is stuck: record where, once
+                    stacks = dump_stacks(pid)
                 if time.monotonic() > deadline or not host.alive():
                     _kill_engine(pid)
                     raise AssertionError(
@@ -215,10 +217,35 @@ def run_forked(spec: dict, env: dict, timeout: float) -> str:
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join("/dev/shm", name))
         out = _read(log_path)
-        return out + (f"\n(exit {exited['rc']})" if exited else "")
+        return out + (f"\n(exit {exited['rc']})" if exited else "") + stacks
     finally:
         with contextlib.suppress(OSError):
             os.unlink(log_path)
+
+
+# vLLM's message-queue reader logs this after 60 s without the workers' reply (a hung step)
+HANG_LINE = "No available shared memory broadcast block found"
+STACKS_MARKER = "[stacks of the engine's processes"
+
+
+def dump_stacks(pgid: int) -> str:
+    """The Python stacks of every process of the engine's group (`py-spy dump`), taken while a step hangs, so
+    a hang's report says which collective each rank waits in."""
+    import shutil
+
+    from tests.e2e.proc_tools import describe, group_processes
+
+    spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+    parts = [f"\n{STACKS_MARKER} (py-spy dump), taken when vLLM reported a hung step]"]
+    for proc in group_processes(pgid):
+        try:
+            run = subprocess.run(
+                [spy, "dump", "--pid", str(proc.pid)], capture_output=True, text=True, timeout=30
+            )
+            parts.append(f"--- {describe(proc)}\n{run.stdout.strip() or run.stderr.strip()}")
+        except (OSError, subprocess.SubprocessError) as e:
+            parts.append(f"--- {proc.pid}: py-spy dump failed: {e}")
+    return "\n".join(parts) + "\n"
 
 
 def _named_semaphores() -> set[str]:

@@ -27,6 +27,7 @@ __all__ = [
     "gemm_rate",
     "measure",
     "attention_bound_s",
+    "attention_compute_rate",
     "decode_attention_cost",
     "median_s",
     "cpu_model",
@@ -107,6 +108,18 @@ def decode_attention_cost(
     """(KV bytes read, FLOP) of one decode attention call: every key and value row once, Q·K and P·V per
     head."""
     return (batch * keys * kv_heads * 2 * head_dim * dtype_bytes, batch * 4 * heads * keys * head_dim)
+
+
+def attention_compute_rate(ceil: dict, dtype_bytes: int) -> float:
+    """The compute ceiling (FLOP/s) of a decode attention call over a cache of `dtype_bytes`-byte elements,
+    from `measure`'s dict: the fp32 FMA rate; for a bf16 cache the higher of it and the bf16 rate, since
+    kernels multiply bf16 directly where the CPU has bf16 dot products or AMX (the native `avx512bf16` build
+    does). The higher rate keeps the bound a lower bound: a fraction of it never exceeds 1 by crediting the
+    kernel with compute the machine can do faster."""
+    rate = ceil["fp32_fma_GFLOPs"]
+    if dtype_bytes == 2:
+        rate = max(rate, ceil.get("bf16_GFLOPs") or 0.0)
+    return rate * 1e9
 
 
 def attention_bound_s(nbytes: int, flops: int, read_Bps: float, flops_per_s: float) -> float:
