@@ -77,6 +77,14 @@ inline void store_scores(Vec s, int t, int len, float c, float* S) {
   s.store(S + t * GP);
 }
 
+// The K rows of tokens t0 .. t0 + T (a tail group re-reads the last row; its lanes are masked when stored) and T
+// zeroed accumulators: the start of a group of tokens in flight.
+template <int T, class E>
+inline void start_group(const E* k0, int64_t kstride, int t0, int len, const E** rows, Vec* acc) {
+  for (int tt = 0; tt < T; ++tt) rows[tt] = k0 + std::min(t0 + tt, len - 1) * kstride;
+  for (int i = 0; i < T; ++i) acc[i] = Vec::zero();
+}
+
 // Scores of one tile: S[t·GP + g] = c·q_g·k_t for t < len, k_t = k0 + t·kstride. Tail tokens of a group re-read
 // the last row; their lanes are masked. S holds ⌈len / T⌉·T·GP floats, T = max(kGroup, R).
 template <int GP, class E>
@@ -85,9 +93,8 @@ inline void tile_scores(const float* qT, int D, const E* k0, int64_t kstride, in
   const int steps = D / R;
   for (int t0 = 0; t0 < len; t0 += T) {
     const E* rows[T];
-    for (int tt = 0; tt < T; ++tt) rows[tt] = k0 + std::min(t0 + tt, len - 1) * kstride;
     Vec acc[T];
-    for (int i = 0; i < T; ++i) acc[i] = Vec::zero();
+    start_group<T>(k0, kstride, t0, len, rows, acc);
     for (int st = 0; st < steps; ++st) {
       const Vec q = Vec::load(qT + st * Vec::W);
       for (int tt = 0; tt < T; ++tt) acc[tt] = Vec::fma(Vec::template bcast<R>(rows[tt] + st * R), q, acc[tt]);
@@ -117,9 +124,8 @@ inline void tile_scores_dot(const bf16* qP, int D, const bf16* k0, int64_t kstri
   const int steps = D / (2 * R);
   for (int t0 = 0; t0 < len; t0 += T) {
     const bf16* rows[T];
-    for (int tt = 0; tt < T; ++tt) rows[tt] = k0 + std::min(t0 + tt, len - 1) * kstride;
     Vec acc[T];
-    for (int i = 0; i < T; ++i) acc[i] = Vec::zero();
+    start_group<T>(k0, kstride, t0, len, rows, acc);
     for (int st = 0; st < steps; ++st) {
       const QPairs q = QPairs::load(qP + st * 2 * Vec::W);
       for (int tt = 0; tt < T; ++tt) acc[tt] = dot_pairs<R>(acc[tt], rows[tt] + st * 2 * R, q);
