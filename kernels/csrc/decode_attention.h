@@ -51,12 +51,15 @@ inline Vec load_row(const E* p) { return Vec::load_cvt(p); }
 // multiply-add latency.
 constexpr int kGroup = 8;
 
-// qT (D / R vectors of W) from GP query rows q of D fp32 values (rows past the pass's heads: zero).
-template <int GP>
-inline void transpose_query(const float* q, int D, float* qT) {
+// qT (D / R vectors of W, fp32) from the pass's G query rows q (row stride q_h; rows g ≥ G: zero).
+template <int GP, class E>
+inline void transpose_query(const E* q, int64_t q_h, int G, int D, float* qT) {
   constexpr int R = Vec::W / GP;
   for (int st = 0; st < D / R; ++st)
-    for (int j = 0; j < Vec::W; ++j) qT[st * Vec::W + j] = q[(j / R) * D + st * R + j % R];
+    for (int j = 0; j < Vec::W; ++j) {
+      const int g = j / R;
+      qT[st * Vec::W + j] = g < G ? to_float(q[g * q_h + st * R + j % R]) : 0.f;
+    }
 }
 
 // Fold a[0..n) (n a power of two, accumulators of n consecutive tokens) into a[0]: lanes t·(W/n) + g.
@@ -108,7 +111,7 @@ inline void tile_scores(const float* qT, int D, const E* k0, int64_t kstride, in
 // query pairs, summed into each fp32 lane): steps of 2R dimensions, D a multiple of 2R. qP[st][j] = the pair
 // (q_g[2(st·R + r)], q_g[2(st·R + r) + 1]) for lane j = g·R + r, as 2·W bf16 per step.
 template <int GP>
-inline void transpose_query_pairs(const bf16* q, int q_h, int G, int D, bf16* qP) {
+inline void transpose_query_pairs(const bf16* q, int64_t q_h, int G, int D, bf16* qP) {
   constexpr int R = Vec::W / GP;
   for (int st = 0; st < D / (2 * R); ++st)
     for (int j = 0; j < Vec::W; ++j)
@@ -170,15 +173,19 @@ inline void pv_heads(float* O, int DV, const float* alpha, int g, const float* P
   }
 }
 
+// Where dimension d of O sits while the bf16 pair dot product accumulates it (VPUNPCKL/HWD's lane order: per 32
+// dimensions a vector of dims 8l + i, then one of dims 8l + 4 + i, in lane 4l + i); `interleaved` false: d.
+inline int pv_lane(int d, bool interleaved) {
+  if (!interleaved) return d;
+  const int c = d / 32, r = d % 32;
+  return (2 * c + (r % 8) / 4) * 16 + 4 * (r / 8) + r % 4;
+}
+
 #ifdef HELIX_BF16_PV
 // P·V through the bf16 pair dot product (bf16 caches, DV a multiple of 32): PP[u·GP + g] holds the bf16
 // probabilities of tokens 2u, 2u+1 for head g (`pair_probs`), Vp the tile's value rows paired by tokens
 // (`interleave_rows`: per pair u, DV / 16 vectors of 16 pairs, in VPUNPCKL/HWD's lane order). O is kept in that
-// order during an item (`pv_lane` maps a dimension to its lane) and put back when the item writes it out.
-inline int pv_lane(int d) {
-  const int c = d / 32, r = d % 32;
-  return (2 * c + (r % 8) / 4) * 16 + 4 * (r / 8) + r % 4;
-}
+// order during an item (`pv_lane`) and put back when the item writes it out.
 
 template <int NG, int NV>
 inline void pv_dot_block(float* O, int DV, const float* alpha, int g, int k0, const uint32_t* PP, int GP,
@@ -212,8 +219,7 @@ inline void pv_dot_heads(float* O, int DV, const float* alpha, int g, const uint
 
 // Per-thread scratch, sized for kTile tokens, GP ≤ W heads, D, DV ≤ kMaxDim.
 struct Scratch {
-  float q[Vec::W * kMaxDim];
-  float qT[Vec::W * kMaxDim];
+  float qT[Vec::W * kMaxDim];  // the pass's query rows transposed for the broadcast scores
   float O[Vec::W * kMaxDim];
   float S[kTile * Vec::W];
   float Vf[kTile * kMaxDim];
@@ -233,17 +239,17 @@ template <int GP, class E>
 void attend_item(const Params& p, Scratch& sc, int seq, int kvh, int h0, int G, int64_t t_begin, int64_t t_end,
                  float* o_out, int64_t o_row_stride, float* lse_out) {
   const int D = p.head_dim, DV = p.v_dim;
-  const E* q = static_cast<const E*>(p.q) + seq * p.q_s;
-  for (int g = 0; g < GP; ++g)
-    for (int d = 0; d < D; ++d) sc.q[g * D + d] = g < G ? to_float(q[(h0 + g) * p.q_h + d]) : 0.f;
-  transpose_query<GP>(sc.q, D, sc.qT);
+  const E* q = static_cast<const E*>(p.q) + seq * p.q_s + h0 * p.q_h;  // the pass's first query row
   for (int i = 0; i < G * DV; ++i) sc.O[i] = 0.f;
 #ifdef HELIX_BF16_DOT
   constexpr bool kBf16 = std::is_same<E, bf16>::value;
   const bool dot = kBf16 && D % (2 * Vec::W / GP) == 0;
   if constexpr (kBf16) {
-    if (dot) transpose_query_pairs<GP>(reinterpret_cast<const bf16*>(q) + h0 * p.q_h, p.q_h, G, D, sc.qP);
+    if (dot) transpose_query_pairs<GP>(q, p.q_h, G, D, sc.qP);
   }
+  if (!dot) transpose_query<GP>(q, p.q_h, G, D, sc.qT);
+#else
+  transpose_query<GP>(q, p.q_h, G, D, sc.qT);
 #endif
 #ifdef HELIX_BF16_PV
   const bool dot_pv = std::is_same<E, bf16>::value && DV % 32 == 0;
@@ -328,15 +334,7 @@ void attend_item(const Params& p, Scratch& sc, int seq, int kvh, int h0, int G, 
     const bool empty = !(lv[g] > 0.f);
     const float inv = empty ? 0.f : 1.f / lv[g];
     float* o = o_out + g * o_row_stride;
-#ifdef HELIX_BF16_PV
-    if (dot_pv) {
-      for (int d = 0; d < DV; ++d) o[d] = sc.O[g * DV + pv_lane(d)] * inv;
-    } else {
-      for (int d = 0; d < DV; ++d) o[d] = sc.O[g * DV + d] * inv;
-    }
-#else
-    for (int d = 0; d < DV; ++d) o[d] = sc.O[g * DV + d] * inv;
-#endif
+    for (int d = 0; d < DV; ++d) o[d] = sc.O[g * DV + pv_lane(d, dot_pv)] * inv;
     lse_out[g] = empty ? -INFINITY : (mv[g] + std::log2(lv[g])) * kLn2;
   }
 }

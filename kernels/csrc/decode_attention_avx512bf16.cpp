@@ -2,11 +2,11 @@
 // AVX-512 + AVX512-BF16 instantiation of the CPU decode-attention kernel (decode_attention.h): the AVX-512 build
 // (16 fp32 lanes, decode_attention_avx512_vec.h) whose bf16 scores q·k use VDPBF16PS — 32 bf16 products summed
 // pairwise into 16 fp32 lanes per instruction, with pairs of the cache's bf16 K rows broadcast as they are: half
-// the multiply-adds of the widening path and no bf16 → fp32 conversion of K. P·V uses it too (HELIX_BF16_PV): the probabilities rounded
-// to bf16 — as GPU flash attention and vLLM's own bf16 CPU kernels do — times value rows paired by tokens.
-// Products of two bf16 values are exact in fp32; the sums are fp32 (the instruction flushes denormal inputs and
-// outputs to zero). The softmax and its normaliser stay fp32. Chosen at run time when the CPU has AVX512-BF16 (Intel Cooper Lake, Sapphire Rapids and later,
-// AMD Zen 4 and later).
+// the multiply-adds of the widening path and no bf16 → fp32 conversion of K. P·V uses it too (HELIX_BF16_PV):
+// the probabilities rounded to bf16 — as GPU flash attention and vLLM's own bf16 CPU kernels do — times value
+// rows paired by tokens. Products of two bf16 values are exact in fp32; the sums are fp32 (the instruction
+// flushes denormal inputs and outputs to zero). The softmax and its normaliser stay fp32. Chosen at run time when
+// the CPU has AVX512-BF16 (Intel Cooper Lake, Sapphire Rapids and later, AMD Zen 4 and later).
 
 #include "decode_attention_common.h"
 
