@@ -15,7 +15,8 @@
 //                                          transposed (see tile_scores), so no transpose-reduce is needed
 //   softmax  m' = max(m, max_t c·S),  α = 2^(m − m'),  P = 2^(c·S − m'),  l = α·l + Σ_t P,  c = scale·log2 e
 //   values   O[g] = α_g·O[g] + Σ_t P[t][g]·v_t      (register blocks of 2 heads × 4 vectors; with a bf16 pair
-//                                                    dot product, HELIX_BF16_PV: bf16 P, token pairs, 4 × 4)
+//                                                    dot product, HELIX_BF16_PV: bf16 P, token pairs paired in
+//                                                    registers, up to 8 heads × 32 dimensions)
 //
 // and at the end O /= l, LSE = (m + log2 l)·ln 2. Splits of one (sequence, head) are merged with the same rule
 // the Helix combine uses across ranks. This header is included once per ISA (decode_attention_<isa>.cpp), each
@@ -183,37 +184,33 @@ inline int pv_lane(int d, bool interleaved) {
 
 #ifdef HELIX_BF16_PV
 // P·V through the bf16 pair dot product (bf16 caches, DV a multiple of 32): PP[u·GP + g] holds the bf16
-// probabilities of tokens 2u, 2u+1 for head g (`pair_probs`), Vp the tile's value rows paired by tokens
-// (`interleave_rows`: per pair u, DV / 16 vectors of 16 pairs, in VPUNPCKL/HWD's lane order). O is kept in that
-// order during an item (`pv_lane`) and put back when the item writes it out.
-
-template <int NG, int NV>
-inline void pv_dot_block(float* O, int DV, const float* alpha, int g, int k0, const uint32_t* PP, int GP,
-                         const bf16* Vp, int pairs) {
-  Vec acc[NG][NV];
-  for (int i = 0; i < NG; ++i) {
-    const Vec a = Vec::set1(alpha[g + i]);
-    for (int j = 0; j < NV; ++j) acc[i][j] = Vec::mul(Vec::load(O + (g + i) * DV + (k0 + j) * Vec::W), a);
-  }
-  for (int u = 0; u < pairs; ++u) {
-    QPairs v[NV];
-    for (int j = 0; j < NV; ++j) v[j] = QPairs::load(Vp + (u * DV + (k0 + j) * Vec::W) * 2);
-    for (int i = 0; i < NG; ++i) {
-      const uint32_t pp = PP[u * GP + g + i];
-      for (int j = 0; j < NV; ++j) acc[i][j] = dot_bcast(acc[i][j], pp, v[j]);
-    }
-  }
-  for (int i = 0; i < NG; ++i)
-    for (int j = 0; j < NV; ++j) acc[i][j].store(O + (g + i) * DV + (k0 + j) * Vec::W);
-}
-
+// probabilities of tokens 2u, 2u+1 for head g (`pair_probs`). Per 32 dimensions the value rows of each token pair
+// are paired in registers (`pair_rows`: two vectors of 16 pairs, in VPUNPCKL/HWD's lane order) and multiplied into
+// the NG heads g .. g + NG at once, so a row is loaded and paired once per NG heads. O is kept in that lane order
+// during an item (`pv_lane`) and put back when the item writes it out. A missing partner of an odd tail token
+// repeats the last row (finite, times P = 0).
 template <int NG>
-inline void pv_dot_heads(float* O, int DV, const float* alpha, int g, const uint32_t* PP, int GP, const bf16* Vp,
-                         int pairs) {
-  const int nvec = DV / Vec::W;  // even: DV is a multiple of 32
-  int k = 0;
-  for (; k + 4 <= nvec; k += 4) pv_dot_block<NG, 4>(O, DV, alpha, g, k, PP, GP, Vp, pairs);
-  if (k < nvec) pv_dot_block<NG, 2>(O, DV, alpha, g, k, PP, GP, Vp, pairs);
+inline void pv_dot_rows(float* O, int DV, const float* alpha, int g, const uint32_t* PP, int GP, const bf16* vr,
+                        int64_t vstride, int len) {
+  const int pairs = (len + 1) / 2;
+  for (int c = 0; c < DV / 32; ++c) {
+    Vec acc[NG][2];
+    for (int i = 0; i < NG; ++i) {
+      const Vec a = Vec::set1(alpha[g + i]);
+      for (int j = 0; j < 2; ++j) acc[i][j] = Vec::mul(Vec::load(O + (g + i) * DV + (2 * c + j) * Vec::W), a);
+    }
+    for (int u = 0; u < pairs; ++u) {
+      const bf16* r0 = vr + 2 * u * vstride;
+      QPairs v[2];
+      pair_rows(r0 + 32 * c, (2 * u + 1 < len ? r0 + vstride : r0) + 32 * c, v);
+      for (int i = 0; i < NG; ++i) {
+        const uint32_t pp = PP[u * GP + g + i];
+        for (int j = 0; j < 2; ++j) acc[i][j] = dot_bcast(acc[i][j], pp, v[j]);
+      }
+    }
+    for (int i = 0; i < NG; ++i)
+      for (int j = 0; j < 2; ++j) acc[i][j].store(O + (g + i) * DV + (2 * c + j) * Vec::W);
+  }
 }
 #endif
 
@@ -228,7 +225,6 @@ struct Scratch {
   bf16 qP[Vec::W * kMaxDim];  // the pass's query pairs in bf16 for the dot-product scores
 #endif
 #ifdef HELIX_BF16_PV
-  bf16 Vp[kTile * kMaxDim];         // the tile's value rows paired by tokens
   uint32_t PP[kTile / 2 * Vec::W];  // the tile's probabilities paired by tokens, bf16
 #endif
 };
@@ -299,13 +295,11 @@ void attend_item(const Params& p, Scratch& sc, int seq, int kvh, int h0, int G, 
         if (len % 2)
           for (int g = 0; g < GP; ++g) sc.S[len * GP + g] = 0.f;  // the odd token's partner: P = 0
         pair_probs<GP>(sc.S, pairs, sc.PP);
-        for (int u = 0; u < pairs; ++u) {  // a missing partner row repeats the last one (finite, times P = 0)
-          const bf16* r0 = vr + 2 * u * p.v_t;
-          interleave_rows(r0, 2 * u + 1 < len ? r0 + p.v_t : r0, DV, sc.Vp + u * DV * 2);
-        }
         int g = 0;
-        for (; g + 4 <= G; g += 4) pv_dot_heads<4>(sc.O, DV, sc.alpha, g, sc.PP, GP, sc.Vp, pairs);
-        for (; g < G; ++g) pv_dot_heads<1>(sc.O, DV, sc.alpha, g, sc.PP, GP, sc.Vp, pairs);
+        for (; g + 8 <= G; g += 8) pv_dot_rows<8>(sc.O, DV, sc.alpha, g, sc.PP, GP, vr, p.v_t, len);
+        for (; g + 4 <= G; g += 4) pv_dot_rows<4>(sc.O, DV, sc.alpha, g, sc.PP, GP, vr, p.v_t, len);
+        for (; g + 2 <= G; g += 2) pv_dot_rows<2>(sc.O, DV, sc.alpha, g, sc.PP, GP, vr, p.v_t, len);
+        if (g < G) pv_dot_rows<1>(sc.O, DV, sc.alpha, g, sc.PP, GP, vr, p.v_t, len);
         t += len;
         continue;
       }

@@ -39,20 +39,19 @@ inline Vec dot_pairs(Vec acc, const bf16* k, QPairs q) {
   return {_mm512_dpbf16_ps(acc.v, reinterpret_cast<const __m512bh&>(kb), reinterpret_cast<const __m512bh&>(q.v))};
 }
 
-// acc lane j += p[0]·v_j[0] + p[1]·v_j[1]: one pair of bf16 probabilities (32 bits) times the pairs of v.
+// acc lane j += p[0]·v_j[0] + p[1]·v_j[1]: one pair of bf16 probabilities (32 bits) times the pairs of v. The
+// broadcast pair is the instruction's last source, where it folds into an embedded {1to16} memory broadcast.
 inline Vec dot_bcast(Vec acc, uint32_t p, QPairs v) {
   const __m512i pb = _mm512_set1_epi32(static_cast<int>(p));
-  return {_mm512_dpbf16_ps(acc.v, reinterpret_cast<const __m512bh&>(pb), reinterpret_cast<const __m512bh&>(v.v))};
+  return {_mm512_dpbf16_ps(acc.v, reinterpret_cast<const __m512bh&>(v.v), reinterpret_cast<const __m512bh&>(pb))};
 }
 
-// Two value rows r0, r1 of DV bf16 (DV a multiple of 32) paired element by element, as VPUNPCKL/HWD order them:
-// per 32 dimensions two vectors of 16 pairs, lo = dims 8l + i and hi = dims 8l + 4 + i in lane 4l + i.
-inline void interleave_rows(const bf16* r0, const bf16* r1, int DV, bf16* out) {
-  for (int c = 0; c < DV / 32; ++c) {
-    const __m512i a = _mm512_loadu_si512(r0 + 32 * c), b = _mm512_loadu_si512(r1 + 32 * c);
-    _mm512_storeu_si512(out + 64 * c, _mm512_unpacklo_epi16(a, b));
-    _mm512_storeu_si512(out + 64 * c + 32, _mm512_unpackhi_epi16(a, b));
-  }
+// The value rows r0, r1 (32 bf16 each) paired element by element, as VPUNPCKL/HWD order them: v[0] = dims 8l + i,
+// v[1] = dims 8l + 4 + i, in lane 4l + i (l < 4, i < 4).
+inline void pair_rows(const bf16* r0, const bf16* r1, QPairs* v) {
+  const __m512i a = _mm512_loadu_si512(r0), b = _mm512_loadu_si512(r1);
+  v[0].v = _mm512_unpacklo_epi16(a, b);
+  v[1].v = _mm512_unpackhi_epi16(a, b);
 }
 
 // PP[u·GP + g] = (bf16(P[2u·GP + g]), bf16(P[(2u+1)·GP + g])) for u < pairs: the probabilities of token pairs,
