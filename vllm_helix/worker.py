@@ -105,7 +105,13 @@ def _shm_exchange(rt, vllm_config):
     tokens = vllm_config.scheduler_config.max_num_batched_tokens
     slot = max(DEFAULT_SLOT_BYTES, min(64 << 20, tokens * heads * row * 4))
     try:
-        exchange = ShmGroup(rt.kvp_group, rt.grid.kvp_group(rt.tpa_rank), rt.kvp_rank, slot_bytes=slot)
+        exchange = ShmGroup(
+            rt.kvp_group,
+            rt.grid.kvp_group(rt.tpa_rank),
+            rt.kvp_rank,
+            slot_bytes=slot,
+            local_ranks=rt.grid.world_size,
+        )
     except (RuntimeError, OSError) as exc:
         if rt.config.exchange == "shm":
             raise RuntimeError(

@@ -27,12 +27,21 @@ def _native_ops():
     assert reason is None, reason
 
 
+def test_default_spins_long_only_when_every_rank_has_a_core():
+    from vllm_helix.kernels.cpu_shm_collectives import default_spins
+
+    assert default_spins(2, 2) == default_spins(1, 2) == default_spins(8, 64) == 4000
+    assert default_spins(3, 2) == default_spins(4, 2) == 100
+
+
 def _rounds(rank: int, world: int, rounds: int) -> None:
-    from vllm_helix.kernels.cpu_shm_collectives import ShmGroup, all_to_all_reference
+    from vllm_helix.kernels.cpu_shm_collectives import ShmGroup, all_to_all_reference, default_spins
 
     group = dist.new_group(list(range(world)))
     exchange = ShmGroup(group, list(range(world)), rank, slot_bytes=1 << 16)
     assert exchange.path.startswith("/dev/shm/vllm_helix_xchg_")
+    if not os.environ.get("VLLM_HELIX_SHM_SPINS"):  # the group's size stands for the job's ranks by default
+        assert exchange.spins == default_spins(world, os.cpu_count() or 1)
     if rank == 0:  # the creator unlinks the name as soon as every peer has mapped it
         assert not os.path.exists(exchange.path)
     gen = torch.Generator().manual_seed(rank)
