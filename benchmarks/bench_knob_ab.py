@@ -9,8 +9,14 @@ change. Here one Helix engine (tiny MQA Llama of `bench_decode.py`, bf16, eager)
 and nearly the same KV length. Reported: median step time per value, the ratio b / a, and per-block medians
 paired in time (a block of a and the next block of b), whose median ratio is robust to slow drifts.
 
+Besides the helix config keys, two process knobs (not settings a user has, for experiments):
+`exchange_spins` — the pause-spins of the KVP shared-memory exchange before a waiting rank yields
+(`ShmGroup.spins`, set on every rank; `cpu_shm_collectives.default_spins` chooses it otherwise), and
+`engine_core_nice` — the nice value of vLLM's engine-core process (all its threads).
+
 Prints ONE JSON line. Example (one executor round trip per step vs vLLM's two):
   python benchmarks/bench_knob_ab.py --knob sample_with_forward --a true --b false --context 4096
+  python benchmarks/bench_knob_ab.py --knob exchange_spins --a 100 --b 4000 --context 4096
 """
 
 from __future__ import annotations
@@ -30,10 +36,42 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_decode import CONFIGS, engine_args, make_model, run_config  # noqa: E402
 
+PROCESS_KNOBS = ("exchange_spins", "engine_core_nice")
+
+
+def _set_exchange_spins(worker, spins: int) -> int:
+    """(Runs on every rank.) The KVP exchange's pause-spins before yielding."""
+    from vllm_helix.runtime import get_runtime
+
+    exchange = get_runtime().kvp_exchange
+    exchange.spins = int(spins)
+    return exchange.spins
+
+
+def _renice_engine_core(nice: int) -> None:
+    import psutil
+
+    for proc in psutil.Process().children(recursive=True):
+        if proc.name().startswith("VLLM::EngineCor"):
+            for thread in proc.threads():
+                os.setpriority(os.PRIO_PROCESS, thread.id, int(nice))
+
+
+def apply_knob(llm, knob: str, value) -> None:
+    """Set `knob` to `value` in the running engine."""
+    if knob == "exchange_spins":
+        llm.collective_rpc(_set_exchange_spins, args=(value,))
+    elif knob == "engine_core_nice":
+        _renice_engine_core(value)
+    else:
+        llm.collective_rpc("helix_configure", kwargs={knob: value})
+
 
 def child(spec: dict) -> None:
     from vllm import LLM, SamplingParams
 
+    if spec["knob"] == "exchange_spins":  # a function sent to the workers: vLLM pickles it only when allowed
+        os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
     llm = LLM(**engine_args(spec))
     eng = llm.llm_engine
     knob, values = spec["knob"], (spec["a"], spec["b"])
@@ -48,7 +86,7 @@ def child(spec: dict) -> None:
     block_medians: list[tuple[str, float]] = []
     for blk in range(spec["blocks"]):
         side = "ab"[blk % 2]
-        llm.collective_rpc("helix_configure", kwargs={knob: values[blk % 2]})
+        apply_knob(llm, knob, values[blk % 2])
         eng.step()  # the first step after a flip is not counted
         steps = []
         for _ in range(spec["block"] - 1):
@@ -90,7 +128,7 @@ def child(spec: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="helix_tp2_dcp2", choices=[c for c in CONFIGS if CONFIGS[c]["helix"]])
-    ap.add_argument("--knob", help="a helix config key (docs/configuration.md)")
+    ap.add_argument("--knob", help=f"a helix config key (docs/configuration.md) or one of {PROCESS_KNOBS}")
     ap.add_argument("--a", default="true", help="JSON value")
     ap.add_argument("--b", default="false", help="JSON value")
     ap.add_argument("--context", type=int, default=4096)
