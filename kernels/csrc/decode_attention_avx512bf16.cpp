@@ -39,8 +39,8 @@ inline Vec dot_pairs(Vec acc, const bf16* k, QPairs q) {
   return {_mm512_dpbf16_ps(acc.v, reinterpret_cast<const __m512bh&>(kb), reinterpret_cast<const __m512bh&>(q.v))};
 }
 
-// acc lane j += p[0]·v_j[0] + p[1]·v_j[1]: one pair of bf16 probabilities (32 bits) times the pairs of v. The
-// broadcast pair is the instruction's last source, where it folds into an embedded {1to16} memory broadcast.
+// acc lane j += p[0]·v_j[0] + p[1]·v_j[1]: one pair of bf16 probabilities (32 bits) times the pairs of v (gcc
+// broadcasts the pair once and reuses it for both vectors of a 32-dimension chunk).
 inline Vec dot_bcast(Vec acc, uint32_t p, QPairs v) {
   const __m512i pb = _mm512_set1_epi32(static_cast<int>(p));
   return {_mm512_dpbf16_ps(acc.v, reinterpret_cast<const __m512bh&>(v.v), reinterpret_cast<const __m512bh&>(pb))};
